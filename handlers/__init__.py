@@ -1,0 +1,33 @@
+"""HTTP handlers, one module per resource, and the route table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado.web import Application
+
+from handlers import account, files, health, media
+from handlers.base import NotFoundHandler
+
+
+def api(path: str) -> str:
+    """Every API route answers with and without the trailing slash."""
+    return rf"/api/v1/{path}/?"
+
+
+ROUTES: list[tuple[str, Any]] = [
+    (api("files/slot"), files.SlotHandler),
+    (api("files/upload"), files.UploadHandler),
+    (api("files/stats"), files.StatsHandler),
+    (api("files"), files.FilesHandler),
+    (api("account/quota"), account.QuotaHandler),
+    (r"/api/v1/openapi\.yaml", health.OpenApiHandler),
+    (r"/healthz/?", health.HealthHandler),
+    (r"/media/([^/]+)/([^/]+)", media.MediaHandler),
+]
+
+
+class GalleryApp(Application):
+    def __init__(self, ctx: Any, routes: list[tuple[str, Any]] | None = None) -> None:
+        self.ctx = ctx
+        super().__init__(routes or ROUTES, default_handler_class=NotFoundHandler, compress_response=False)

@@ -1,0 +1,1 @@
+"""MongoDB access: one module per collection, the only code that builds queries."""

@@ -1,0 +1,65 @@
+"""The database handle: client, collections and the indexes every query relies on."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC, at MongoDB's millisecond precision."""
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "users": [IndexModel([("created_at", ASCENDING)])],
+    "tokens": [
+        IndexModel([("hash", ASCENDING)], unique=True),
+        IndexModel([("owner", ASCENDING)]),
+        IndexModel([("expires", ASCENDING)], expireAfterSeconds=0),
+    ],
+    "codes": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
+    "files": [
+        IndexModel([("slot_id", ASCENDING)], unique=True),
+        IndexModel([("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]),
+        IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),
+        IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
+        IndexModel([("sha256", ASCENDING)]),
+    ],
+    "blobs": [IndexModel([("refs", ASCENDING)])],
+    "ratelimits": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
+}
+
+
+class Database:
+    """Owns the client; exposes each collection by name."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        self.client: AsyncMongoClient = AsyncMongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000
+        )
+        self.db = self.client[name]
+        self.users: AsyncCollection = self.db.users
+        self.tokens: AsyncCollection = self.db.tokens
+        self.codes: AsyncCollection = self.db.codes
+        self.files: AsyncCollection = self.db.files
+        self.blobs: AsyncCollection = self.db.blobs
+        self.ratelimits: AsyncCollection = self.db.ratelimits
+
+    async def ensure_indexes(self) -> None:
+        for name, indexes in INDEXES.items():
+            await self.db[name].create_indexes(indexes)
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()

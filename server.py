@@ -1,0 +1,150 @@
+"""gallery: file sharing for XMPP users.
+
+    python server.py [--config settings.yaml]          run the service
+    python server.py [--config settings.yaml] fsck     repair the store after a crash
+
+Start-up order: settings -> storage -> database (embedded if no mongodb.uri) -> imaging ->
+XMPP -> HTTP. Shutdown runs the same list backwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+import settings as settings_module
+from handlers import GalleryApp
+from models.db import Database
+from models.embedded import EmbeddedMongo
+from services.context import Context
+from services.fsck import fsck
+from settings import HERE, Settings, SettingsError
+from storage.local import BlobStore
+
+log = logging.getLogger("gallery")
+
+# The largest request body outside uploads (which raise it per request).
+API_BODY_LIMIT = 1 << 20
+READ_CHUNK = 256 * 1024
+
+
+class Service:
+    """Owns every long-lived part and the order they start and stop in."""
+
+    def __init__(self, settings: Settings, data_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.data_dir = data_dir or HERE / "data"
+        self.embedded: EmbeddedMongo | None = None
+        self.db: Database | None = None
+        self.http: HTTPServer | None = None
+        self.ctx: Context | None = None
+
+    @property
+    def url(self) -> str:
+        return self.settings.public_url
+
+    async def start(self) -> None:
+        s = self.settings
+        store = BlobStore(s.storage_path)
+        store.prepare()
+        removed = store.clean_temps(0)  # nothing is in flight before we listen
+        if removed:
+            log.info("removed %d stale temp files", len(removed))
+        uri = s.mongodb.uri
+        if not uri:
+            self.embedded = EmbeddedMongo(self.data_dir / "db")
+            uri = await asyncio.to_thread(self.embedded.start)
+            log.warning("EVALUATION DATABASE: started embedded SecantusDB (data in %s); set mongodb.uri for production", self.embedded.data_dir)
+        self.db = Database(uri, s.mongodb.database)
+        await self.db.ensure_indexes()
+
+        sockets = bind_sockets(s.server.port, s.server.host)
+        s.server.port = sockets[0].getsockname()[1]
+        self.ctx = Context(settings=s, db=self.db, store=store)
+        self.http = HTTPServer(
+            GalleryApp(self.ctx),
+            max_body_size=API_BODY_LIMIT,
+            max_buffer_size=4 * READ_CHUNK,
+            chunk_size=READ_CHUNK,
+            idle_connection_timeout=s.server.idle_connection_timeout,
+            body_timeout=s.server.body_timeout,
+            max_header_size=s.server.max_header_size,
+            decompress_request=False,
+        )
+        self.http.add_sockets(sockets)
+        log.info("gallery serving on %s (listening on %s:%d)", self.url, s.server.host, s.server.port)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            await self.http.close_all_connections()
+        if self.ctx is not None:
+            await self.ctx.imaging.close()
+        if self.db is not None:
+            await self.db.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+async def serve(settings: Settings) -> None:
+    service = Service(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await service.start()
+        await stopping.wait()
+        log.info("stopping")
+    finally:
+        await service.stop()
+
+
+async def repair(settings: Settings) -> int:
+    """fsck: run with the service stopped."""
+    embedded = None
+    uri = settings.mongodb.uri
+    if not uri:
+        embedded = EmbeddedMongo(HERE / "data" / "db")
+        uri = await asyncio.to_thread(embedded.start)
+    db = Database(uri, settings.mongodb.database)
+    try:
+        ctx = Context(settings=settings, db=db, store=BlobStore(settings.storage_path))
+        ctx.store.prepare()
+        report = await fsck(ctx.files, ctx.blobs, ctx.users, ctx.store)
+        for line in report.lines():
+            print(line)
+        print("store is consistent" if report.repaired else "store could NOT be fully repaired")
+        return 0 if report.repaired else 1
+    finally:
+        await db.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="server.py", description="gallery file sharing service")
+    parser.add_argument("--config", type=Path, default=None, help="settings file (default: settings.yaml beside server.py)")
+    parser.add_argument("command", nargs="?", choices=("serve", "fsck"), default="serve")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_module.load(args.config)
+    except SettingsError as exc:
+        print(f"gallery: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "fsck":
+        return asyncio.run(repair(settings))
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Managers: the logic behind each resource, between thin handlers and the models/storage."""

@@ -1,0 +1,60 @@
+"""Failures the managers report; handlers turn them into the contract's error responses."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 400
+
+    def __init__(self, message: str, *, fields: dict[str, str] | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        self.retry_after = retry_after
+
+
+class Invalid(ServiceError):
+    status = 400
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class QuotaExceeded(Forbidden):
+    def __init__(self, message: str = "quota exceeded") -> None:
+        super().__init__(message)
+
+
+class NotFound(ServiceError):
+    status = 404
+
+    def __init__(self, message: str = "not found") -> None:
+        super().__init__(message)
+
+
+class TooLargeError(ServiceError):
+    status = 413
+
+
+class Unsupported(ServiceError):
+    status = 415
+
+
+class RateLimited(ServiceError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class Unavailable(ServiceError):
+    status = 503

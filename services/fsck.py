@@ -1,0 +1,79 @@
+"""fsck: make the database and the blob store agree again after a crash.
+
+`files` is the source of truth: blob reference counts and each user's `used` are recomputed from
+it; blobs and derived images nobody references, and stale temp files, are removed. Content that a
+file points at but that is missing from the volume cannot be repaired and is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from models.blobs import Blobs
+from models.db import utcnow
+from models.files import Files
+from models.users import Users
+from storage.local import BlobStore
+
+log = logging.getLogger("gallery.fsck")
+
+STALE_TEMP_SECONDS = 3600
+
+
+@dataclass
+class Report:
+    temps_removed: int = 0
+    refs_fixed: int = 0
+    blob_docs_added: int = 0
+    blob_docs_removed: int = 0
+    blob_files_removed: int = 0
+    thumb_dirs_removed: int = 0
+    used_fixed: int = 0
+    missing_content: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> bool:
+        return not self.missing_content
+
+    def lines(self) -> list[str]:
+        out = [f"{name.replace('_', ' ')}: {value}" for name, value in vars(self).items() if isinstance(value, int)]
+        for sha256 in self.missing_content:
+            out.append(f"MISSING content {sha256}: referenced by files but not on the volume")
+        return out
+
+
+async def fsck(files: Files, blobs: Blobs, users: Users, store: BlobStore, temp_age: float = STALE_TEMP_SECONDS) -> Report:
+    report = Report()
+    report.temps_removed = len(await asyncio.to_thread(store.clean_temps, temp_age))
+
+    wanted = await files.refs_by_blob()
+    known = {doc["_id"]: doc.get("refs", 0) for doc in await blobs.all()}
+    on_disk = set(await asyncio.to_thread(lambda: list(store.stored_hashes())))
+    for sha256, refs in wanted.items():
+        if sha256 not in known:
+            sample = (await files.blob_docs(sha256))[0]
+            await blobs.insert({"_id": sha256, "md5": sample["md5"], "size": sample["size"], "media_type": sample["media_type"], "refs": refs, "created_at": utcnow()})
+            report.blob_docs_added += 1
+        elif known[sha256] != refs:
+            await blobs.set_refs(sha256, refs)
+            report.refs_fixed += 1
+        if sha256 not in on_disk:
+            report.missing_content.append(sha256)
+    for sha256 in known.keys() - wanted.keys():
+        await blobs.set_refs(sha256, 0)
+        if await blobs.delete_unreferenced(sha256):
+            report.blob_docs_removed += 1
+    for sha256 in on_disk - wanted.keys():
+        await store.remove(sha256)
+        report.blob_files_removed += 1
+    for sha256 in set(store.thumb_hashes()) - wanted.keys():
+        await store.remove(sha256)
+        report.thumb_dirs_removed += 1
+
+    totals = await files.totals_by_owner()
+    for jid in await users.all_ids():
+        if await users.set_used(jid, totals.get(jid, 0)):
+            report.used_fixed += 1
+    return report

@@ -1,0 +1,50 @@
+"""How stored objects look in API responses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import quote
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def media_url(public_url: str, slot_id: str, name: str) -> str:
+    return f"{public_url}/media/{slot_id}/{quote(name, safe='')}"
+
+
+def thumb_name(name: str) -> str:
+    return f"thumb_{name}"
+
+
+def file_object(doc: dict, public_url: str) -> dict:
+    thumbnail = doc.get("thumbnail")
+    obj = {
+        "id": str(doc["_id"]),
+        "size": doc["size"],
+        "media_type": doc["media_type"],
+        "name": doc["name"],
+        "slot_id": doc["slot_id"],
+        "file": media_url(public_url, doc["slot_id"], doc["name"]),
+        "created_at": iso(doc["created_at"]),
+        "hash": doc["md5"],
+        "sha256": doc["sha256"],
+        "thumbnail": None,
+        "context": doc.get("context"),
+        "metadata": doc.get("metadata"),
+    }
+    if thumbnail:
+        obj["thumbnail"] = {
+            "url": media_url(public_url, doc["slot_id"], thumb_name(doc["name"])),
+            "width": thumbnail["width"],
+            "height": thumbnail["height"],
+        }
+    if doc.get("width") is not None:
+        obj["width"] = doc["width"]
+        obj["height"] = doc["height"]
+    return obj

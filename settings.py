@@ -1,0 +1,233 @@
+"""Settings: documented defaults in settings.yaml, overridden by GALLERY_<SECTION>_<KEY> variables.
+
+Every key is a typed dataclass field; loading coerces and validates each value and raises
+SettingsError with one line naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+class SettingsError(ValueError):
+    """An invalid setting: the message is one line naming the key."""
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # empty: http://<host>:<port>
+    x_accel_redirect: str = ""  # empty: serve files directly
+    idle_connection_timeout: int = 60
+    body_timeout: int = 300
+    max_header_size: int = 16384
+
+
+@dataclass
+class MongoSettings:
+    uri: str = ""  # empty: start the embedded evaluation database
+    database: str = "gallery"
+
+
+@dataclass
+class StorageSettings:
+    path: str = "data/files"
+
+
+@dataclass
+class XmppSettings:
+    jid: str = ""
+    password: str = ""
+    host: str = ""
+    port: int = 0
+    require_tls: bool = True
+    verify_tls: bool = True
+
+
+@dataclass
+class AuthSettings:
+    code_ttl: int = 300
+    token_ttl: int = 2592000
+    allow_domains: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    code_interval: int = 30
+    codes_per_jid_per_hour: int = 10
+    codes_per_address_per_hour: int = 30
+    attempts_per_address_per_hour: int = 100
+
+
+@dataclass
+class QuotaSettings:
+    default: int = 1073741824
+
+
+@dataclass
+class LimitsSettings:
+    max_file_size: int = 104857600
+    uploads_per_window: int = 10
+    upload_window: int = 10
+
+
+@dataclass
+class ImagingSettings:
+    workers: int = 0  # 0: one per core
+    max_pixels: int = 50_000_000
+    timeout: int = 30
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    mongodb: MongoSettings = field(default_factory=MongoSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    xmpp: XmppSettings = field(default_factory=XmppSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    imaging: ImagingSettings = field(default_factory=ImagingSettings)
+    admins: list[str] = field(default_factory=list)
+
+    @property
+    def public_url(self) -> str:
+        return self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def storage_path(self) -> Path:
+        return (HERE / self.storage.path).resolve()
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(key: str, kind: typing.Any, value: typing.Any) -> typing.Any:
+    """Turn a YAML or environment value into the field's type, or raise SettingsError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise SettingsError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise SettingsError(f"{key}: expected an integer, got {value!r}") from None
+    if kind is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise SettingsError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(kind) is list:
+        if value is None:
+            return []
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise SettingsError(f"{key}: expected a list, got {value!r}")
+        return [str(item).strip() for item in items if str(item).strip()]
+    raise SettingsError(f"{key}: unsupported setting type")  # pragma: no cover
+
+
+def _apply(target: typing.Any, prefix: str, data: dict, env: typing.Mapping[str, str]) -> None:
+    hints = typing.get_type_hints(type(target))
+    known = {f.name for f in dataclasses.fields(target)}
+    for name in data:
+        if name not in known:
+            raise SettingsError(f"{prefix}{name}: unknown setting")
+    for f in dataclasses.fields(target):
+        key = f"{prefix}{f.name}"
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            section = data.get(f.name) or {}
+            if not isinstance(section, dict):
+                raise SettingsError(f"{key}: expected a mapping")
+            _apply(getattr(target, f.name), f"{key}.", section, env)
+            continue
+        env_name = "GALLERY_" + key.replace(".", "_").upper()
+        if env_name in env:
+            setattr(target, f.name, _coerce(key, kind, env[env_name]))
+        elif f.name in data:
+            setattr(target, f.name, _coerce(key, kind, data[f.name]))
+
+
+def _positive(key: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise SettingsError(f"{key}: must be at least {minimum}, got {value}")
+
+
+def _validate(s: Settings) -> None:
+    if not 0 <= s.server.port <= 65535:
+        raise SettingsError(f"server.port: must be between 0 and 65535, got {s.server.port}")
+    if s.server.public_url:
+        parts = urlsplit(s.server.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"server.public_url: must be an http(s) URL, got {s.server.public_url!r}")
+        s.server.public_url = s.server.public_url.rstrip("/")
+    if s.server.x_accel_redirect and not s.server.x_accel_redirect.startswith("/"):
+        raise SettingsError("server.x_accel_redirect: must be an nginx location starting with /")
+    s.server.x_accel_redirect = s.server.x_accel_redirect.rstrip("/")
+    for key, value in (
+        ("server.idle_connection_timeout", s.server.idle_connection_timeout),
+        ("server.body_timeout", s.server.body_timeout),
+        ("auth.code_ttl", s.auth.code_ttl),
+        ("auth.token_ttl", s.auth.token_ttl),
+        ("auth.codes_per_jid_per_hour", s.auth.codes_per_jid_per_hour),
+        ("auth.codes_per_address_per_hour", s.auth.codes_per_address_per_hour),
+        ("auth.attempts_per_address_per_hour", s.auth.attempts_per_address_per_hour),
+        ("limits.max_file_size", s.limits.max_file_size),
+        ("limits.uploads_per_window", s.limits.uploads_per_window),
+        ("limits.upload_window", s.limits.upload_window),
+        ("imaging.max_pixels", s.imaging.max_pixels),
+        ("imaging.timeout", s.imaging.timeout),
+    ):
+        _positive(key, value)
+    _positive("server.max_header_size", s.server.max_header_size, 1024)
+    for key, value in (
+        ("auth.code_interval", s.auth.code_interval),
+        ("quota.default", s.quota.default),
+        ("imaging.workers", s.imaging.workers),
+        ("xmpp.port", s.xmpp.port),
+    ):
+        _positive(key, value, 0)
+    if s.mongodb.uri and not s.mongodb.uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise SettingsError("mongodb.uri: must start with mongodb:// or mongodb+srv://")
+    if not s.mongodb.database or any(c in s.mongodb.database for c in '/\\. "$'):
+        raise SettingsError(f"mongodb.database: invalid name {s.mongodb.database!r}")
+    if not s.storage.path:
+        raise SettingsError("storage.path: must not be empty")
+    if bool(s.xmpp.jid) != bool(s.xmpp.password):
+        raise SettingsError("xmpp.password: xmpp.jid and xmpp.password go together")
+
+
+def load(path: Path | str | None = None, env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (if it exists), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    path = Path(path) if path else HERE / "settings.yaml"
+    data: dict = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: expected a mapping of sections")
+    settings = Settings()
+    _apply(settings, "", data, env)
+    _validate(settings)
+    return settings

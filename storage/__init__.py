@@ -1,0 +1,1 @@
+"""The blob store: content-addressed files on the storage volume, written crash-safely."""

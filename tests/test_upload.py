@@ -1,0 +1,164 @@
+"""POST files/upload/: streaming multipart, hashing, sniffing, names, limits, quota."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+import pytest
+
+from tests.conftest import login
+from tests.helpers import assert_error, md5, multipart, sha256, upload
+
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")  # header is enough to sniff
+
+
+async def test_upload_returns_file_object_and_stores_content(client, alice, service):
+    data = os.urandom(300_000)
+    r = await upload(client, alice, data, "photo.bin", context="file", metadata='{"k": "v"}')
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["size"] == len(data)
+    assert body["hash"] == md5(data)
+    assert body["sha256"] == sha256(data)
+    assert body["name"] == "photo.bin"
+    assert body["media_type"] == "application/octet-stream"
+    assert body["context"] == "file"
+    assert body["metadata"] == {"k": "v"}
+    assert body["thumbnail"] is None
+    assert len(body["slot_id"]) >= 16
+    assert body["file"] == f"{service.url}/media/{body['slot_id']}/photo.bin"
+    assert body["created_at"].endswith("Z")
+    assert body["used"] == len(data) and body["quota"] == service.settings.quota.default
+    got = await client.get(body["file"])
+    assert got.status_code == 200 and got.content == data
+    assert list((service.settings.storage_path / "tmp").iterdir()) == []
+
+
+async def test_media_type_is_sniffed_not_declared(client, alice):
+    r = await upload(client, alice, PNG + os.urandom(100), "x.txt", part_type="text/plain")
+    assert r.json()["media_type"] == "image/png"
+    r = await upload(client, alice, b"<html><body>hi</body></html>", "x.jpg", media_type="image/jpeg")
+    assert r.json()["media_type"] == "text/html"
+    # nothing detected: the declared type is used if well-formed
+    r = await upload(client, alice, os.urandom(1000), "x", media_type="application/x-custom")
+    assert r.json()["media_type"] == "application/x-custom"
+    r = await upload(client, alice, os.urandom(1000), "x", media_type="not a type")
+    assert r.json()["media_type"] == "application/octet-stream"
+    # no media_type field: the part's Content-Type counts as the declaration
+    r = await upload(client, alice, os.urandom(1000), "x", part_type="audio/x-thing")
+    assert r.json()["media_type"] == "audio/x-thing"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("../../etc/passwd", "passwd"),
+        # backslashes arrive as quoted-pairs inside the quoted filename
+        ("C:\\\\Users\\\\me\\\\Photo.JPG", "Photo.JPG"),
+        ("a\x00b\x1fc\u202e.txt", "abc.txt"),
+        ("", "file"),
+        ("..", "file"),
+        ("é" * 200, "é" * 127),
+    ],
+)
+async def test_names_are_sanitised(client, alice, given, stored):
+    headers, body = multipart([("file", given, b"hello")])
+    r = await client.post("/api/v1/files/upload/", headers={**alice, **headers}, content=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == stored
+    assert len(r.json()["name"].encode()) <= 255
+
+
+async def test_declared_size_must_match(client, alice, service):
+    r = await upload(client, alice, b"12345", "a", size=6)
+    assert_error(r, 400)
+    r = await upload(client, alice, b"12345", "a", size=5)
+    assert r.status_code == 201
+    r = await upload(client, alice, b"12345", "a", size=service.settings.limits.max_file_size + 1)
+    assert_error(r, 413)
+
+
+async def test_bad_requests(client, alice):
+    url = "/api/v1/files/upload/"
+    assert_error(await client.post(url, headers=alice, content=b"raw", params={}), 415)
+    assert_error(await client.post(url, headers=alice, json={"file": "x"}), 415)
+    # multipart without a file part
+    assert_error(await client.post(url, headers=alice, files={"other": ("a", b"x")}), 400)
+    # no boundary
+    assert_error(await client.post(url, headers={**alice, "Content-Type": "multipart/form-data"}, content=b"x"), 400)
+    # two file parts
+    r = await client.post(url, headers=alice, files=[("file", ("a", b"1")), ("file", ("b", b"2"))])
+    assert_error(r, 400)
+    for bad in ({"metadata": "[1]"}, {"metadata": "{"}, {"metadata": "x" * 9000}, {"context": "c" * 65}, {"create_thumbnails": "maybe"}):
+        assert_error(await upload(client, alice, b"x", "a", **bad), 400)
+    assert_error(await client.post(url, files={"file": ("a", b"x")}), 401)
+    r = await client.post(url, headers={"Authorization": "Bearer nope"}, files={"file": ("a", b"x")})
+    assert_error(r, 401)
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_too_large_rejected_early_and_midstream(client, alice, service):
+    service.settings.limits.max_file_size = 100_000
+    r = await upload(client, alice, os.urandom(200_000), "big")
+    assert_error(r, 413)
+    # a chunked body (no Content-Length) is cut off once the bytes pass the limit
+    async def body():
+        for _ in range(50):
+            yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\n" if _ == 0 else os.urandom(10_000)
+    try:
+        r = await client.post("/api/v1/files/upload/", headers={**alice, "Content-Type": "multipart/form-data; boundary=b"}, content=body())
+        assert_error(r, 413)
+    except httpx.HTTPError:
+        pass  # the server may close the connection before the client finished sending
+    await asyncio.sleep(0.2)
+    assert list((service.settings.storage_path / "tmp").iterdir()) == []
+    quota = (await client.get("/api/v1/account/quota/", headers=alice)).json()
+    assert quota["used"] == 0
+
+
+async def test_quota_is_enforced(client, service):
+    headers = await login(service, "small@example.org")
+    await service.ctx.db.users.update_one({"_id": "small@example.org"}, {"$set": {"quota": 1000}})
+    assert (await upload(client, headers, os.urandom(600), "a")).status_code == 201
+    assert_error(await upload(client, headers, os.urandom(600), "b"), 403)
+    quota = (await client.get("/api/v1/account/quota", headers=headers)).json()
+    assert quota == {"quota": 1000, "used": 600, "available": 400}
+
+
+async def test_concurrent_uploads_never_exceed_quota(client, service):
+    """30 uploads race for room for 10: the atomic commit lets exactly 10 through."""
+    headers = await login(service, "racer@example.org")
+    await service.ctx.db.users.update_one({"_id": "racer@example.org"}, {"$set": {"quota": 100_000}})
+    results = await asyncio.gather(*(upload(client, headers, os.urandom(10_000), f"f{i}") for i in range(30)))
+    codes = sorted(r.status_code for r in results)
+    assert codes.count(201) == 10 and codes.count(403) == 20, codes
+    quota = (await client.get("/api/v1/account/quota", headers=headers)).json()
+    assert quota["used"] == 100_000
+    listed = (await client.get("/api/v1/files", headers=headers)).json()
+    assert listed["total_objects"] == 10
+
+
+async def test_upload_rate_limit(client, alice, service):
+    service.settings.limits.uploads_per_window = 3
+    service.settings.limits.upload_window = 60
+    codes = [(await upload(client, alice, b"x", "a")).status_code for _ in range(4)]
+    assert codes == [201, 201, 201, 429]
+    r = await upload(client, alice, b"x", "a")
+    assert_error(r, 429)
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+
+
+async def test_dedup_across_users_is_invisible(client, alice, bob, service):
+    data = os.urandom(5000)
+    a = (await upload(client, alice, data, "a.bin")).json()
+    b = (await upload(client, bob, data, "b.bin")).json()
+    assert a["slot_id"] != b["slot_id"] and a["id"] != b["id"]
+    blobs = list((service.settings.storage_path / "blobs").rglob("*"))
+    assert len([p for p in blobs if p.is_file()]) == 1
+    # deleting one owner's link keeps the other's content
+    r = await client.request("DELETE", "/api/v1/files/", headers=alice, params={"id": a["id"]})
+    assert r.status_code == 200 and r.json()["deleted"] == 1
+    assert (await client.get(b["file"])).content == data
+    assert (await client.get(a["file"])).status_code == 404
