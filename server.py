@@ -61,7 +61,10 @@ class Service:
         if not uri:
             self.embedded = EmbeddedMongo(self.data_dir / "db")
             uri = await asyncio.to_thread(self.embedded.start)
-            log.warning("EVALUATION DATABASE: started embedded SecantusDB (data in %s); set mongodb.uri for production", self.embedded.data_dir)
+            log.warning(
+                "EVALUATION DATABASE: started embedded SecantusDB (data in %s); set mongodb.uri for production",
+                self.embedded.data_dir,
+            )
         self.db = Database(uri, s.mongodb.database)
         await self.db.ensure_indexes()
 

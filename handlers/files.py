@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -130,7 +129,7 @@ class UploadHandler(BaseHandler):
             raise RateLimited("too many uploads", wait)
         try:
             self.parser = StreamingFormDataParser(self.request.headers)
-        except Exception:  # noqa: BLE001 - any header the parser refuses is the client's error
+        except Exception:
             raise Invalid("malformed multipart Content-Type (no boundary)") from None
         self.request.connection.set_max_body_size(limits.max_file_size + MULTIPART_SLACK)
         self.incoming = Incoming(self.ctx.store, min(limits.max_file_size, quota.available))
@@ -167,7 +166,7 @@ class UploadHandler(BaseHandler):
                 self.failure = TooLargeError(f"file too large: at most {max_size} bytes")
             else:
                 self.failure = QuotaExceeded()
-        except Exception:  # noqa: BLE001 - the multipart parser's own errors
+        except Exception:
             self.failure = Invalid("malformed multipart body")
         if self.failure is not None:
             await self.incoming.discard()
@@ -202,9 +201,8 @@ class UploadHandler(BaseHandler):
             raise Invalid("a file part is required", fields={"file": "required"})
         values = {name: target.value for name, target in self.fields.items()}
         size = values["size"]
-        if size is not None:
-            if int(size) != self.incoming.size:  # type: ignore[union-attr]
-                raise Invalid("size does not match the bytes received", fields={"size": "does not match the file"})
+        if size is not None and int(size) != self.incoming.size:  # type: ignore[union-attr]
+            raise Invalid("size does not match the bytes received", fields={"size": "does not match the file"})
         metadata = None
         if values["metadata"]:
             try:
@@ -212,7 +210,9 @@ class UploadHandler(BaseHandler):
             except ValueError:
                 metadata = None
             if not isinstance(metadata, dict) or len(values["metadata"].encode()) > 8192:
-                raise Invalid("metadata: expected a JSON object of at most 8 KiB", fields={"metadata": "expected a JSON object ≤ 8 KiB"})
+                raise Invalid(
+                    "metadata: expected a JSON object of at most 8 KiB", fields={"metadata": "expected a JSON object ≤ 8 KiB"}
+                )
         context = values["context"]
         if context is not None and (len(context) > 64 or "\x00" in context):
             raise Invalid("context: at most 64 characters", fields={"context": "at most 64 characters"})
@@ -237,11 +237,11 @@ class UploadHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         if self.incoming is not None and not self.received:
-            asyncio.ensure_future(self.incoming.discard())
+            self.incoming.abandon()
 
     def on_finish(self) -> None:
         if self.incoming is not None and not self.received:
-            asyncio.ensure_future(self.incoming.discard())
+            self.incoming.abandon()
 
 
 class SlotHandler(BaseHandler):
@@ -297,7 +297,9 @@ class FilesHandler(BaseHandler):
         url = self.str_param("file", 8192)
         if url is not None:
             criteria.slot_id = slot_from_url(url)
-        if not any(getattr(criteria, name) is not None for name in ("ids", "slot_id", "media_type", "context", "date_gte", "date_lte")):
+        if not any(
+            getattr(criteria, name) is not None for name in ("ids", "slot_id", "media_type", "context", "date_gte", "date_lte")
+        ):
             raise Invalid("give at least one of: id, file, media_type, context, date_gte, date_lte")
         deleted = await self.ctx.file_manager.delete(self.owner, criteria, self.is_avatar)
         if not deleted:

@@ -31,7 +31,7 @@ def disposition(media_type: str, name: str) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
     """(start, end inclusive) for one satisfiable range; None to ignore the header (malformed or
     several ranges: the whole body is sent); False when it cannot be satisfied (416)."""
     match = _RANGE.match(header)

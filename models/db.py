@@ -39,9 +39,7 @@ class Database:
     """Owns the client; exposes each collection by name."""
 
     def __init__(self, uri: str, name: str) -> None:
-        self.client: AsyncMongoClient = AsyncMongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000
-        )
+        self.client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000)
         self.db = self.client[name]
         self.users: AsyncCollection = self.db.users
         self.tokens: AsyncCollection = self.db.tokens

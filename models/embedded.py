@@ -6,6 +6,7 @@ separate program (GPL-2.0 beta software), started and stopped, never imported.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -22,10 +23,8 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child: receive SIGTERM when the parent dies, even by SIGKILL."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def executable() -> str:

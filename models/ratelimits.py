@@ -8,6 +8,7 @@ import time
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 
 class RateLimits:
@@ -20,13 +21,22 @@ class RateLimits:
         now = time.time()
         start = math.floor(now / window) * window
         end = start + window
-        doc = await self.c.find_one_and_update(
-            {"_id": f"{key}:{int(start)}"},
-            {"$inc": {"n": 1}, "$setOnInsert": {"expires": dt.datetime.fromtimestamp(end + 60, dt.UTC)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            projection={"n": 1},
-        )
-        if doc["n"] <= limit:
+        count = await self._increment(f"{key}:{int(start)}", dt.datetime.fromtimestamp(end + 60, dt.UTC))
+        if count <= limit:
             return None
         return max(1, math.ceil(end - now))
+
+    async def _increment(self, counter: str, expires: dt.datetime) -> int:
+        """$inc on an existing counter; a missing one is inserted first. (An upsert is not used:
+        two first hits racing in one upsert can both count, or neither see a document.)"""
+        for _ in range(2):
+            doc = await self.c.find_one_and_update(
+                {"_id": counter}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER, projection={"n": 1}
+            )
+            if doc is not None:
+                return doc["n"]
+            try:
+                await self.c.insert_one({"_id": counter, "n": 0, "expires": expires})
+            except DuplicateKeyError:
+                pass  # another hit created it: increment that one
+        raise RuntimeError(f"rate-limit counter {counter} vanished")  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 from models.db import utcnow
 
@@ -27,11 +28,10 @@ class Users:
     async def ensure(self, jid: str) -> None:
         """Create the user on first login; record the login."""
         now = utcnow()
-        await self.c.update_one(
-            {"_id": jid},
-            {"$set": {"last_login": now}, "$setOnInsert": {"quota": None, "used": 0, "created_at": now}},
-            upsert=True,
-        )
+        try:
+            await self.c.insert_one({"_id": jid, "quota": None, "used": 0, "created_at": now, "last_login": now})
+        except DuplicateKeyError:
+            await self.c.update_one({"_id": jid}, {"$set": {"last_login": now}})
 
     async def get(self, jid: str) -> dict | None:
         return await self.c.find_one({"_id": jid})
@@ -51,9 +51,7 @@ class Users:
         result = await self.c.update_one(
             {
                 "_id": jid,
-                "$expr": {
-                    "$lte": [{"$add": ["$used", size]}, {"$ifNull": ["$quota", self.default_quota]}]
-                },
+                "$expr": {"$lte": [{"$add": ["$used", size]}, {"$ifNull": ["$quota", self.default_quota]}]},
             },
             {"$inc": {"used": size}},
         )

@@ -85,17 +85,18 @@ class FileManager:
     async def store_upload(self, owner: str, incoming: Incoming, meta: UploadMeta) -> dict:
         """Commit a fully received upload: reserve quota, reference the blob, insert the file.
         The temp file is consumed (moved into place or removed) whatever happens."""
-        md5, sha256 = await incoming.finish()
-        size = incoming.size
-        kind = media_type(bytes(incoming.head), meta.declared_type)
-        if not await self.users.reserve(owner, size):
-            await incoming.discard()
-            raise QuotaExceeded()
+        size, reserved = incoming.size, False
         try:
+            md5, sha256 = await incoming.finish()
+            kind = media_type(bytes(incoming.head), meta.declared_type)
+            reserved = await self.users.reserve(owner, size)
+            if not reserved:
+                raise QuotaExceeded()
             derived = await self._reference(sha256, md5, size, kind, incoming, meta.create_thumbnails)
         except BaseException:
             await incoming.discard()
-            await self.users.release(owner, size)
+            if reserved:
+                await self.users.release(owner, size)
             raise
         doc = self._new_doc(owner, meta.name, sha256, md5, size, kind, derived, meta)
         await self._insert(doc)
@@ -133,7 +134,9 @@ class FileManager:
         thumbnail = derived.get("thumbnail") if thumbnails else None
         return Derived(derived.get("width"), derived.get("height"), thumbnail)
 
-    def _new_doc(self, owner: str, name: str | None, sha256: str, md5: str, size: int, kind: str, derived: Derived, meta: UploadMeta) -> dict:
+    def _new_doc(
+        self, owner: str, name: str | None, sha256: str, md5: str, size: int, kind: str, derived: Derived, meta: UploadMeta
+    ) -> dict:
         return {
             "_id": ObjectId(),
             "owner": owner,
@@ -231,4 +234,3 @@ class FileManager:
     async def _release_blob(self, sha256: str) -> None:
         if await self.blobs.release(sha256) <= 0 and await self.blobs.delete_unreferenced(sha256):
             await self.store.remove(sha256)
-

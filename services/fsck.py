@@ -54,7 +54,16 @@ async def fsck(files: Files, blobs: Blobs, users: Users, store: BlobStore, temp_
     for sha256, refs in wanted.items():
         if sha256 not in known:
             sample = (await files.blob_docs(sha256))[0]
-            await blobs.insert({"_id": sha256, "md5": sample["md5"], "size": sample["size"], "media_type": sample["media_type"], "refs": refs, "created_at": utcnow()})
+            await blobs.insert(
+                {
+                    "_id": sha256,
+                    "md5": sample["md5"],
+                    "size": sample["size"],
+                    "media_type": sample["media_type"],
+                    "refs": refs,
+                    "created_at": utcnow(),
+                }
+            )
             report.blob_docs_added += 1
         elif known[sha256] != refs:
             await blobs.set_refs(sha256, refs)

@@ -22,7 +22,8 @@ def well_formed(media_type: str | None) -> str | None:
 
 def media_type(head: bytes, declared: str | None) -> str:
     """The type detected from the content's first bytes; the declared one only when detection
-    finds nothing specific (and it is well-formed); else application/octet-stream."""
+    finds nothing specific (and it is well-formed and says more than octet-stream); else what
+    detection said (text/plain) or application/octet-stream."""
     try:
         detected = well_formed(_magic.from_buffer(bytes(head))) if head else None
     except magic.MagicException:
@@ -30,7 +31,7 @@ def media_type(head: bytes, declared: str | None) -> str:
     if detected and detected not in GENERIC_TYPES:
         return detected
     declared_type = well_formed(declared)
-    if declared_type:
+    if declared_type and declared_type != "application/octet-stream":
         return declared_type
     return detected if detected == "text/plain" else "application/octet-stream"
 

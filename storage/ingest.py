@@ -7,6 +7,7 @@ updates md5 and sha256 and writes it (hashlib releases the GIL), while the loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -33,6 +34,7 @@ class Incoming:
         self._buffered = 0
         self._job: asyncio.Future | None = None
         self._closed = False
+        self._discarding: asyncio.Future | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Called synchronously by the multipart parser with each piece of the file part."""
@@ -84,12 +86,15 @@ class Incoming:
             os.close(self.fd)
 
     async def discard(self) -> None:
-        """Abandon the upload: wait for the writer, close and remove the temp file."""
+        """Give the upload up: wait for the writer, close and remove the temp file."""
         if self._job is not None:
-            try:
+            with contextlib.suppress(OSError):
                 await self._job
-            except OSError:
-                pass
             self._job = None
         self._close()
         Path(self.path).unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """discard() from synchronous code (a closed connection); keeps the task referenced."""
+        if self._discarding is None:
+            self._discarding = asyncio.ensure_future(self.discard())

@@ -43,8 +43,14 @@ class BlobStore:
             path.mkdir(parents=True, exist_ok=True)
 
     def check(self) -> bool:
-        """The volume is there and writable (for /healthz)."""
-        return os.access(self.tmp, os.W_OK) and os.access(self.blobs, os.W_OK)
+        """The volume is there and a file can be written to it (for /healthz)."""
+        try:
+            fd, path = self.new_temp()
+            os.close(fd)
+            path.unlink()
+        except OSError:
+            return False
+        return self.blobs.is_dir()
 
     # -- paths ---------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -72,7 +78,7 @@ class BlobStore:
             async with lock:
                 yield
         finally:
-            if not lock.locked() and not lock._waiters:  # noqa: SLF001 - drop idle locks
+            if not lock.locked() and not lock._waiters:
                 self._locks.pop(sha256, None)
 
     async def place(self, temp: Path, sha256: str) -> None:

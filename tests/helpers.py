@@ -32,7 +32,9 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "gallery-test-boundary") -> tuple[dict[str, str], bytes]:
+def multipart(
+    parts: list[tuple[str, str | None, bytes]], boundary: str = "gallery-test-boundary"
+) -> tuple[dict[str, str], bytes]:
     """A multipart/form-data body built byte by byte (no client-side escaping of names)."""
     out = b""
     for name, filename, content in parts:

@@ -91,7 +91,13 @@ async def test_bad_requests(client, alice):
     # two file parts
     r = await client.post(url, headers=alice, files=[("file", ("a", b"1")), ("file", ("b", b"2"))])
     assert_error(r, 400)
-    for bad in ({"metadata": "[1]"}, {"metadata": "{"}, {"metadata": "x" * 9000}, {"context": "c" * 65}, {"create_thumbnails": "maybe"}):
+    for bad in (
+        {"metadata": "[1]"},
+        {"metadata": "{"},
+        {"metadata": "x" * 9000},
+        {"context": "c" * 65},
+        {"create_thumbnails": "maybe"},
+    ):
         assert_error(await upload(client, alice, b"x", "a", **bad), 400)
     assert_error(await client.post(url, files={"file": ("a", b"x")}), 401)
     r = await client.post(url, headers={"Authorization": "Bearer nope"}, files={"file": ("a", b"x")})
@@ -103,12 +109,16 @@ async def test_too_large_rejected_early_and_midstream(client, alice, service):
     service.settings.limits.max_file_size = 100_000
     r = await upload(client, alice, os.urandom(200_000), "big")
     assert_error(r, 413)
+
     # a chunked body (no Content-Length) is cut off once the bytes pass the limit
     async def body():
         for _ in range(50):
-            yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\n" if _ == 0 else os.urandom(10_000)
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n' if _ == 0 else os.urandom(10_000)
+
     try:
-        r = await client.post("/api/v1/files/upload/", headers={**alice, "Content-Type": "multipart/form-data; boundary=b"}, content=body())
+        r = await client.post(
+            "/api/v1/files/upload/", headers={**alice, "Content-Type": "multipart/form-data; boundary=b"}, content=body()
+        )
         assert_error(r, 413)
     except httpx.HTTPError:
         pass  # the server may close the connection before the client finished sending

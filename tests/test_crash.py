@@ -1,0 +1,172 @@
+"""Crash safety: fsck repairs what a crash can leave; a SIGKILL mid-upload loses nothing committed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.db import Database
+from models.tokens import Tokens
+from models.users import Users
+from services.fsck import fsck
+from tests.helpers import sha256, upload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run_fsck(service):
+    ctx = service.ctx
+    return await fsck(ctx.files, ctx.blobs, ctx.users, ctx.store)
+
+
+async def test_fsck_repairs_counts_and_orphans(client, alice, service):
+    ctx = service.ctx
+    kept = os.urandom(2000)
+    f = (await upload(client, alice, kept, "kept")).json()
+    # what a crash between the protocol's steps can leave behind
+    await ctx.db.users.update_one({"_id": "alice@example.org"}, {"$inc": {"used": 12345}})
+    await ctx.db.blobs.update_one({"_id": f["sha256"]}, {"$set": {"refs": 7}})
+    orphan = os.urandom(100)
+    orphan_path = ctx.store.blob_path(sha256(orphan))
+    orphan_path.parent.mkdir(parents=True, exist_ok=True)
+    orphan_path.write_bytes(orphan)
+    await ctx.db.blobs.insert_one({"_id": "f" * 64, "refs": 1, "size": 1, "md5": "0" * 32})
+    (ctx.store.thumb_dir("e" * 64)).mkdir(parents=True)
+    stale = ctx.store.tmp / "stale"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = ctx.store.tmp / "fresh"
+    fresh.write_bytes(b"in flight")
+
+    report = await run_fsck(service)
+    assert report.repaired and report.missing_content == []
+    assert (report.used_fixed, report.refs_fixed, report.blob_files_removed, report.blob_docs_removed) == (1, 1, 1, 1)
+    assert report.temps_removed == 1 and report.thumb_dirs_removed == 1
+    assert not stale.exists() and fresh.exists()
+    assert not orphan_path.exists()
+    assert (await client.get("/api/v1/account/quota", headers=alice)).json()["used"] == 2000
+    assert (await ctx.db.blobs.find_one({"_id": f["sha256"]}))["refs"] == 1
+    assert (await client.get(f["file"])).content == kept
+    # a second run finds nothing to do
+    again = await run_fsck(service)
+    assert again.lines() == [line.rsplit(":", 1)[0] + ": 0" for line in again.lines()]
+
+
+async def test_fsck_recreates_missing_blob_doc_and_reports_lost_content(client, alice, service):
+    ctx = service.ctx
+    a = (await upload(client, alice, b"aaaa", "a")).json()
+    b = (await upload(client, alice, b"bbbb", "b")).json()
+    await ctx.db.blobs.delete_one({"_id": a["sha256"]})
+    ctx.store.blob_path(b["sha256"]).unlink()
+    report = await run_fsck(service)
+    assert report.blob_docs_added == 1
+    assert report.missing_content == [b["sha256"]] and not report.repaired
+    assert (await ctx.db.blobs.find_one({"_id": a["sha256"]}))["refs"] == 1
+
+
+def test_fsck_command_exit_status(settings):
+    env = {
+        **os.environ,
+        "GALLERY_MONGODB_URI": settings.mongodb.uri,
+        "GALLERY_MONGODB_DATABASE": settings.mongodb.database,
+        "GALLERY_STORAGE_PATH": str(settings.storage_path),
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "fsck"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "store is consistent" in result.stdout and "used fixed: 0" in result.stdout
+
+
+def _start_server(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    out = open(log, "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        marker = "gallery serving on "
+        if marker in text:
+            url = text.rsplit(marker, 1)[1].split()[0]
+            return proc, url
+        if proc.poll() is not None:
+            raise RuntimeError(text)
+        time.sleep(0.05)
+    raise TimeoutError(log.read_text())
+
+
+@pytest.mark.slow
+async def test_sigkill_during_uploads_then_restart_and_fsck(settings, tmp_path):
+    env = {
+        **os.environ,
+        "GALLERY_SERVER_PORT": "0",
+        "GALLERY_MONGODB_URI": settings.mongodb.uri,
+        "GALLERY_MONGODB_DATABASE": settings.mongodb.database,
+        "GALLERY_STORAGE_PATH": str(settings.storage_path),
+        "GALLERY_LIMITS_UPLOADS_PER_WINDOW": "10000",
+    }
+    db = Database(settings.mongodb.uri, settings.mongodb.database)
+    users = Users(db.users, settings.quota.default)
+    jid = "crash@example.org"
+    await users.ensure(jid)
+    token = (await Tokens(db.tokens, 3600).issue(jid)).token
+    headers = {"Authorization": f"Bearer {token}"}
+    proc, url = _start_server(env, tmp_path / "first.log")
+    committed: dict[str, str] = {}
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def one(i: int) -> None:
+                data = os.urandom(200_000 + i * 5000)
+                try:
+                    r = await upload(client, headers, data, f"f{i}.bin")
+                except httpx.HTTPError:
+                    return  # killed mid-request
+                if r.status_code == 201:
+                    committed[r.json()["slot_id"]] = sha256(data)
+                    if len(committed) >= 5:
+                        enough.set()
+
+            enough = asyncio.Event()
+            tasks = [asyncio.create_task(one(i)) for i in range(40)]
+            await asyncio.wait_for(enough.wait(), 60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            await asyncio.gather(*tasks)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 0 < len(committed) < 40, "the kill should land while uploads are in flight"
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "fsck"], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    proc, url = _start_server(env, tmp_path / "second.log")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            listed = (await client.get("/api/v1/files/", headers=headers, params={"obj_per_page": 500})).json()
+            slots = {item["slot_id"]: item for item in listed["items"]}
+            assert set(committed) <= set(slots), "every 201 survives the crash"
+            for slot_id, item in slots.items():
+                body = (await client.get(item["file"])).content
+                assert sha256(body) == item["sha256"]
+                if slot_id in committed:
+                    assert item["sha256"] == committed[slot_id]
+            quota = (await client.get("/api/v1/account/quota", headers=headers)).json()
+            assert quota["used"] == sum(item["size"] for item in slots.values())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    store = settings.storage_path
+    assert list((store / "tmp").iterdir()) == []
+    on_disk = {p.name for p in (store / "blobs").glob("??/??/*")}
+    assert on_disk == {item["sha256"] for item in slots.values()}, "no orphan blob, none missing"
+    assert {d["_id"] async for d in db.blobs.find({})} == on_disk
+    await db.close()
