@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -67,3 +69,23 @@ class Users:
 
     async def all_ids(self) -> list[str]:
         return [doc["_id"] async for doc in self.c.find({}, {"_id": 1})]
+
+    async def delete(self, jid: str) -> bool:
+        result = await self.c.delete_one({"_id": jid})
+        return result.deleted_count == 1
+
+    async def set_quota(self, jid: str, quota: int) -> Quota | None:
+        """An admin's quota for an existing user; None if there is no such user."""
+        doc = await self.c.find_one_and_update(
+            {"_id": jid}, {"$set": {"quota": quota}}, projection={"quota": 1, "used": 1}, return_document=ReturnDocument.AFTER
+        )
+        return None if doc is None else self.quota_of(doc)
+
+    async def page(self, domain: str | None, number: int, per_page: int) -> tuple[int, list[dict]]:
+        """One page of users (all, or those of one domain), ordered by JID."""
+        q: dict = {} if domain is None else {"_id": {"$regex": "@" + re.escape(domain) + "$"}}
+        total = await self.c.count_documents(q)
+        skip = (number - 1) * per_page
+        if skip >= total:
+            return total, []
+        return total, await self.c.find(q).sort("_id", ASCENDING).skip(skip).limit(per_page).to_list()

@@ -15,6 +15,7 @@ import settings as settings_module
 from models.embedded import EmbeddedMongo
 from server import Service
 from settings import Settings
+from tests.prosody import own_prosody, prosody, xmpp_user  # noqa: F401 - fixtures: a real Prosody, test users
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,7 @@ def settings(tmp_path: Path, mongo_uri: str) -> Iterator[Settings]:
             "GALLERY_MONGODB_DATABASE": name,
             "GALLERY_STORAGE_PATH": str(tmp_path / "files"),
             "GALLERY_LIMITS_UPLOADS_PER_WINDOW": "1000",
+            "GALLERY_LIMITS_CONCURRENT_UPLOADS_PER_USER": "100",
         },
     )
     yield s
