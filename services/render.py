@@ -22,6 +22,12 @@ def thumb_name(name: str) -> str:
     return f"thumb_{name}"
 
 
+def variant_name(size: int, name: str) -> str:
+    """An avatar thumbnail's name: `selfie_avatar.png` -> `48_selfie_avatar.webp`."""
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{size}_{stem}.webp"
+
+
 def file_object(doc: dict, public_url: str) -> dict:
     thumbnail = doc.get("thumbnail")
     obj = {
@@ -47,4 +53,10 @@ def file_object(doc: dict, public_url: str) -> dict:
     if doc.get("width") is not None:
         obj["width"] = doc["width"]
         obj["height"] = doc["height"]
+    if doc.get("is_avatar"):
+        obj["is_avatar"] = True
+        obj["thumbnails"] = [
+            {"url": media_url(public_url, doc["slot_id"], t["name"]), "width": t["width"], "height": t["height"]}
+            for t in doc.get("thumbnails") or ()
+        ]
     return obj
