@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import re
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -15,12 +17,16 @@ from tornado.web import HTTPError, RequestHandler
 from models.files import SORT_FIELDS, Criteria, Page
 from models.tokens import TokenInfo
 from services.errors import Invalid, ServiceError, Unauthorized
+from storage.ingest import WriteFailed
 
 if TYPE_CHECKING:
     from services.context import Context
+    from services.metrics import Metrics
 
 log = logging.getLogger("gallery.http")
+access = logging.getLogger("gallery.access")
 
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 MAX_PER_PAGE = 500
 
@@ -56,6 +62,15 @@ class BaseHandler(RequestHandler):
     auth = False
     token: TokenInfo | None = None
     _params: dict[str, list[Any]] | None = None
+    _request_id: str | None = None
+    bytes_sent = 0
+    db_failed = False
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            self._request_id = secrets.token_hex(8)
+        return self._request_id
 
     @property
     def ctx(self) -> Context:
@@ -67,6 +82,7 @@ class BaseHandler(RequestHandler):
         return self.token.owner
 
     def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -87,6 +103,20 @@ class BaseHandler(RequestHandler):
             raise Unauthorized("invalid, expired or revoked token", error="invalid_token")
 
     # -- responses ----------------------------------------------------------------------
+    def write(self, chunk: str | bytes | dict) -> None:
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            self.bytes_sent += len(chunk)
+        elif isinstance(chunk, str):
+            self.bytes_sent += len(chunk.encode("utf-8"))
+        super().write(chunk)
+
+    def observe(self, metrics: Metrics) -> None:
+        """Count what this request did (downloads and uploads add their bytes)."""
+
+    def log_line(self) -> str:
+        """What the access log says about the request path: the route, not file names."""
+        return type(self).__name__.removesuffix("Handler")
+
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
@@ -110,8 +140,11 @@ class BaseHandler(RequestHandler):
             message = exc.log_message or message
             if exc.args[2:]:
                 message = message % exc.args[2:]
+        elif isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
+            status_code, message = 507, "the storage volume is full or not writable"
         elif isinstance(exc, (ConnectionFailure, PyMongoError)):
             status_code, message = 503, "database unavailable"
+            self.db_failed = True
         elif status_code >= 500:
             status_code, message = 500, "internal error"
         self.set_status(status_code)
@@ -123,6 +156,9 @@ class BaseHandler(RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, (ServiceError, HTTPError)):
+            return
+        if isinstance(value, WriteFailed):
+            log.error("storage write failed on %s %s: %s", self.request.method, self.request.path, value)
             return
         if isinstance(value, PyMongoError):
             log.warning("database error on %s %s: %s", self.request.method, self.request.path, value)
@@ -248,6 +284,33 @@ class BaseHandler(RequestHandler):
                 raise Invalid(f"order_by: unknown field {key!r}", fields={"order_by": f"allowed: {allowed}"})
             order.append((key, -1 if item.startswith("-") else 1))
         return Page(number, per_page, order)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """One access-log line per request, and its metrics. Never tokens, codes or file names."""
+    status = handler.get_status()
+    millis = 1000.0 * handler.request.request_time()
+    if not isinstance(handler, BaseHandler):  # pragma: no cover - every route is a BaseHandler
+        access.info("%s %s %d %.1fms", handler.request.method, handler.request.path, status, millis)
+        return
+    user = handler.token.owner if handler.token else "-"
+    access.info(
+        "id=%s ip=%s method=%s route=%s status=%d user=%s bytes=%d ms=%.1f",
+        handler.request_id,
+        handler.request.remote_ip,
+        handler.request.method,
+        handler.log_line(),
+        status,
+        user,
+        handler.bytes_sent,
+        millis,
+    )
+    metrics = handler.ctx.metrics
+    route = type(handler).__name__.removesuffix("Handler")
+    metrics.requests.labels(route, handler.request.method, f"{status // 100}xx").observe(millis / 1000.0)
+    if handler.db_failed:
+        metrics.db_errors.inc()
+    handler.observe(metrics)
 
 
 class NotFoundHandler(BaseHandler):

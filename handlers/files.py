@@ -12,9 +12,19 @@ from streaming_form_data.targets import BaseTarget
 from tornado.web import stream_request_body
 
 from handlers.base import BaseHandler
-from services.errors import Invalid, NotFound, QuotaExceeded, RateLimited, ServiceError, TooLargeError, Unsupported
+from services.errors import (
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    QuotaExceeded,
+    RateLimited,
+    ServiceError,
+    TooLargeError,
+    Unsupported,
+)
 from services.files import UploadMeta
-from storage.ingest import Incoming, TooLarge
+from services.metrics import Metrics
+from storage.ingest import Incoming, TooLarge, WriteFailed
 
 # Room for the multipart framing and the small fields around the file part.
 MULTIPART_SLACK = 64 * 1024
@@ -96,6 +106,7 @@ class UploadHandler(BaseHandler):
     incoming: Incoming | None = None
     failure: ServiceError | None = None
     drained = 0
+    gated = False  # counted by the upload gate until the request ends
     received = False  # the whole body has arrived; the temp file is post()'s
 
     async def prepare(self) -> None:
@@ -111,6 +122,8 @@ class UploadHandler(BaseHandler):
     async def _admit(self) -> None:
         """Everything that can be decided before the body: auth, type, size, quota, rate."""
         await self.authenticate()
+        self.ctx.upload_gate.enter(self.owner)
+        self.gated = True
         limits = self.ctx.settings.limits
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() != "multipart/form-data":
@@ -132,7 +145,10 @@ class UploadHandler(BaseHandler):
         except Exception:
             raise Invalid("malformed multipart Content-Type (no boundary)") from None
         self.request.connection.set_max_body_size(limits.max_file_size + MULTIPART_SLACK)
-        self.incoming = Incoming(self.ctx.store, min(limits.max_file_size, quota.available))
+        try:
+            self.incoming = Incoming(self.ctx.store, min(limits.max_file_size, quota.available))
+        except OSError:
+            raise InsufficientStorage() from None
         self.file_target = FileTarget(self.incoming)
         self.parser.register("file", self.file_target)
         self.fields = {name: FieldTarget(name) for name in self.FIELDS}
@@ -160,6 +176,8 @@ class UploadHandler(BaseHandler):
             await self.incoming.pump()
         except ServiceError as exc:
             self.failure = exc
+        except WriteFailed:
+            self.failure = InsufficientStorage()
         except TooLarge:
             max_size = self.ctx.settings.limits.max_file_size
             if self.incoming.size > max_size:
@@ -189,9 +207,13 @@ class UploadHandler(BaseHandler):
         except ServiceError:
             await self.incoming.discard()
             raise
-        doc = await self.ctx.file_manager.store_upload(self.owner, self.incoming, meta)
+        doc = await self.store(self.incoming, meta)
         quota = await self.ctx.users.quota(self.owner)
         self.reply(self.ctx.file_manager.with_quota(self.render(doc), quota), 201)
+
+    async def store(self, incoming: Incoming, meta: UploadMeta) -> dict:
+        """Commit the received upload (avatars/ commits it differently)."""
+        return await self.ctx.file_manager.store_upload(self.owner, incoming, meta)
 
     def render(self, doc: dict) -> dict:
         return self.ctx.file_manager.render(doc)
@@ -228,6 +250,12 @@ class UploadHandler(BaseHandler):
             is_avatar=self.is_avatar,
         )
 
+    def observe(self, metrics: Metrics) -> None:
+        status = self.get_status()
+        metrics.uploads.labels("stored" if status == 201 else str(status)).inc()
+        if status == 201 and self.incoming is not None:
+            metrics.upload_bytes.inc(self.incoming.size)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if not self.received:
             # Tornado closes the connection rather than read the rest of the body: say so, so that
@@ -236,12 +264,14 @@ class UploadHandler(BaseHandler):
         super().write_error(status_code, **kwargs)
 
     def on_connection_close(self) -> None:
-        if self.incoming is not None and not self.received:
-            self.incoming.abandon()
+        self.on_finish()
 
     def on_finish(self) -> None:
         if self.incoming is not None and not self.received:
             self.incoming.abandon()
+        if self.gated:
+            self.gated = False
+            self.ctx.upload_gate.leave(self.owner)
 
 
 class SlotHandler(BaseHandler):

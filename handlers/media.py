@@ -12,8 +12,11 @@ from tornado.iostream import StreamClosedError
 
 from handlers.base import BaseHandler
 from services.files import Download
+from services.metrics import Metrics
 
-CHUNK = 1 << 20
+# Bytes read and written per step of a streamed download: 4 MiB moved 200 MB ~20 % faster than
+# 1 MiB (fewer thread hops and socket waits; bench/run.py), and bounds each download's memory.
+CHUNK = 4 << 20
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 INLINE_PREFIXES = ("audio/", "video/")
 
@@ -64,11 +67,21 @@ def _http_date_equal_or_later(header: str, last_modified: float) -> bool:
 
 class MediaHandler(BaseHandler):
     def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", "default-src 'none'; sandbox; frame-ancestors 'none'")
         self.set_header("Access-Control-Allow-Origin", "*")
         self.set_header("Access-Control-Expose-Headers", "Content-Length, Content-Range, ETag, Content-Disposition")
         self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
+
+    def log_line(self) -> str:
+        slot_id = self.path_args[0] if self.path_args else ""
+        return f"Media slot={slot_id[:6]}…"
+
+    def observe(self, metrics: Metrics) -> None:
+        metrics.downloads.labels(str(self.get_status())).inc()
+        if self.request.method == "GET":
+            metrics.download_bytes.inc(self.bytes_sent)
 
     async def head(self, slot_id: str, name: str) -> None:
         await self.get(slot_id, name, include_body=False)

@@ -36,11 +36,11 @@ def executable() -> str:
 
 
 class EmbeddedMongo:
-    def __init__(self, data_dir: Path, timeout: float = 60) -> None:
+    def __init__(self, data_dir: Path, timeout: float = 60, port: int = 0) -> None:
         self.data_dir = data_dir
         self.timeout = timeout
         self.process: subprocess.Popen | None = None
-        self.port: int | None = None
+        self.port = port  # 0: a free one, then the one it got (a restart reuses it)
 
     @property
     def uri(self) -> str:
@@ -52,7 +52,7 @@ class EmbeddedMongo:
         log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         offset = log.tell()
         self.process = subprocess.Popen(
-            [executable(), "--host", "127.0.0.1", "--port", "0", "--storage-path", str(self.data_dir / "wt")],
+            [executable(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.data_dir / "wt")],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

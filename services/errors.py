@@ -58,3 +58,10 @@ class RateLimited(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class InsufficientStorage(ServiceError):
+    status = 507
+
+    def __init__(self, message: str = "the storage volume is full or not writable") -> None:
+        super().__init__(message)

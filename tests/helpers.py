@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,3 +49,36 @@ def multipart(
         out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, out
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_env(settings: Any) -> dict[str, str]:
+    """The environment that makes `python server.py` use a test's database and storage."""
+    return {
+        **os.environ,
+        "GALLERY_SERVER_PORT": "0",
+        "GALLERY_MONGODB_URI": settings.mongodb.uri,
+        "GALLERY_MONGODB_DATABASE": settings.mongodb.database,
+        "GALLERY_STORAGE_PATH": str(settings.storage_path),
+        "GALLERY_LIMITS_UPLOADS_PER_WINDOW": "10000",
+        "GALLERY_LIMITS_CONCURRENT_UPLOADS_PER_USER": "100",
+    }
+
+
+def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """`python server.py` as a user runs it; returns the process and the URL it serves on."""
+    out = open(log, "w")  # noqa: SIM115 - the child writes to it until it exits
+    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, stdout=out, stderr=subprocess.STDOUT)
+    marker = "gallery serving on "
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if marker in text:
+            return proc, text.rsplit(marker, 1)[1].split()[0]
+        if proc.poll() is not None:
+            raise RuntimeError(text)
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(log.read_text())

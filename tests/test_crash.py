@@ -17,7 +17,7 @@ from models.db import Database
 from models.tokens import Tokens
 from models.users import Users
 from services.fsck import fsck
-from tests.helpers import sha256, upload
+from tests.helpers import server_env, sha256, start_server, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,52 +73,28 @@ async def test_fsck_recreates_missing_blob_doc_and_reports_lost_content(client, 
 
 
 def test_fsck_command_exit_status(settings):
-    env = {
-        **os.environ,
-        "GALLERY_MONGODB_URI": settings.mongodb.uri,
-        "GALLERY_MONGODB_DATABASE": settings.mongodb.database,
-        "GALLERY_STORAGE_PATH": str(settings.storage_path),
-    }
     result = subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), "fsck"], env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, str(ROOT / "server.py"), "fsck"],
+        env=server_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "store is consistent" in result.stdout and "used fixed: 0" in result.stdout
 
 
-def _start_server(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
-    out = open(log, "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        marker = "gallery serving on "
-        if marker in text:
-            url = text.rsplit(marker, 1)[1].split()[0]
-            return proc, url
-        if proc.poll() is not None:
-            raise RuntimeError(text)
-        time.sleep(0.05)
-    raise TimeoutError(log.read_text())
-
-
 @pytest.mark.slow
 async def test_sigkill_during_uploads_then_restart_and_fsck(settings, tmp_path):
-    env = {
-        **os.environ,
-        "GALLERY_SERVER_PORT": "0",
-        "GALLERY_MONGODB_URI": settings.mongodb.uri,
-        "GALLERY_MONGODB_DATABASE": settings.mongodb.database,
-        "GALLERY_STORAGE_PATH": str(settings.storage_path),
-        "GALLERY_LIMITS_UPLOADS_PER_WINDOW": "10000",
-    }
+    env = server_env(settings)
     db = Database(settings.mongodb.uri, settings.mongodb.database)
     users = Users(db.users, settings.quota.default)
     jid = "crash@example.org"
     await users.ensure(jid)
     token = (await Tokens(db.tokens, 3600).issue(jid)).token
     headers = {"Authorization": f"Bearer {token}"}
-    proc, url = _start_server(env, tmp_path / "first.log")
+    proc, url = start_server(env, tmp_path / "first.log")
     committed: dict[str, str] = {}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -148,7 +124,7 @@ async def test_sigkill_during_uploads_then_restart_and_fsck(settings, tmp_path):
     subprocess.run(
         [sys.executable, str(ROOT / "server.py"), "fsck"], env=env, capture_output=True, text=True, timeout=120, check=True
     )
-    proc, url = _start_server(env, tmp_path / "second.log")
+    proc, url = start_server(env, tmp_path / "second.log")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             listed = (await client.get("/api/v1/files/", headers=headers, params={"obj_per_page": 500})).json()

@@ -51,7 +51,7 @@ def _route_to_openapi(pattern: str) -> str:
     path = path.replace(r"\.", ".")
     names = iter(["{slot_id}", "{name}"])
     path = re.sub(r"\(\[\^/\]\+\)", lambda _: next(names), path)
-    return path if path.endswith((".yaml", "}")) or path == "/healthz" else path + "/"
+    return path + "/" if path.startswith("/api/v1/") and not path.endswith(".yaml") else path
 
 
 def _methods(handler: type) -> set[str]:
