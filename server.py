@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tornado.httpserver import HTTPServer
@@ -21,18 +22,23 @@ from tornado.netutil import bind_sockets
 
 import settings as settings_module
 from handlers import GalleryApp
+from imaging.pool import PoolImaging
 from models.db import Database
 from models.embedded import EmbeddedMongo
 from services.context import Context
 from services.fsck import fsck
 from settings import HERE, Settings, SettingsError
 from storage.local import BlobStore
+from xmpp.client import XmppClient
 
 log = logging.getLogger("gallery")
 
 # The largest request body outside uploads (which raise it per request).
 API_BODY_LIMIT = 1 << 20
 READ_CHUNK = 256 * 1024
+# Threads for blocking file work (hashing, writes, fsyncs, reads): asyncio's default of
+# cores + 4 (6 here) made 16 uploads in flight queue behind each other's fsyncs.
+IO_THREADS = 32
 
 
 class Service:
@@ -41,6 +47,8 @@ class Service:
     def __init__(self, settings: Settings, data_dir: Path | None = None) -> None:
         self.settings = settings
         self.data_dir = data_dir or HERE / "data"
+        # the embedded database's directory: mongodb.embedded_path, or <data_dir>/db when given
+        self.db_dir = data_dir / "db" if data_dir is not None else settings.embedded_db_path
         self.embedded: EmbeddedMongo | None = None
         self.db: Database | None = None
         self.http: HTTPServer | None = None
@@ -52,6 +60,7 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="gallery-io"))
         store = BlobStore(s.storage_path)
         store.prepare()
         removed = store.clean_temps(0)  # nothing is in flight before we listen
@@ -59,18 +68,22 @@ class Service:
             log.info("removed %d stale temp files", len(removed))
         uri = s.mongodb.uri
         if not uri:
-            self.embedded = EmbeddedMongo(self.data_dir / "db")
+            self.embedded = EmbeddedMongo(self.db_dir)
             uri = await asyncio.to_thread(self.embedded.start)
             log.warning(
                 "EVALUATION DATABASE: started embedded SecantusDB (data in %s); set mongodb.uri for production",
                 self.embedded.data_dir,
             )
-        self.db = Database(uri, s.mongodb.database)
+        self.db = Database(uri, s.mongodb.database, s.mongodb.timeout)
         await self.db.ensure_indexes()
 
         sockets = bind_sockets(s.server.port, s.server.host)
         s.server.port = sockets[0].getsockname()[1]
-        self.ctx = Context(settings=s, db=self.db, store=store)
+        # the imaging pool starts its worker processes on the first job
+        xmpp = XmppClient(s.xmpp) if s.xmpp.jid else None
+        self.ctx = Context(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging), xmpp=xmpp)
+        if xmpp is not None:
+            await xmpp.start()  # waits briefly for the session; without one, code requests answer 503
         self.http = HTTPServer(
             GalleryApp(self.ctx),
             max_body_size=API_BODY_LIMIT,
@@ -80,14 +93,21 @@ class Service:
             body_timeout=s.server.body_timeout,
             max_header_size=s.server.max_header_size,
             decompress_request=False,
+            xheaders=s.server.xheaders,
         )
         self.http.add_sockets(sockets)
         log.info("gallery serving on %s (listening on %s:%d)", self.url, s.server.host, s.server.port)
 
     async def stop(self) -> None:
         if self.http is not None:
-            self.http.stop()
+            self.http.stop()  # no new connections
+            if self.ctx is not None:
+                left = await self.ctx.upload_gate.drain(self.settings.server.shutdown_grace)
+                if left:
+                    log.warning("shutdown grace over: cutting off %d uploads in flight", left)
             await self.http.close_all_connections()
+        if self.ctx is not None and self.ctx.xmpp is not None:
+            await self.ctx.xmpp.stop()
         if self.ctx is not None:
             await self.ctx.imaging.close()
         if self.db is not None:
@@ -115,7 +135,7 @@ async def repair(settings: Settings) -> int:
     embedded = None
     uri = settings.mongodb.uri
     if not uri:
-        embedded = EmbeddedMongo(HERE / "data" / "db")
+        embedded = EmbeddedMongo(settings.embedded_db_path)
         uri = await asyncio.to_thread(embedded.start)
     db = Database(uri, settings.mongodb.database)
     try:

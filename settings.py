@@ -7,6 +7,7 @@ SettingsError with one line naming the key and what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+
+from xmpp import jids
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,12 +34,17 @@ class ServerSettings:
     idle_connection_timeout: int = 60
     body_timeout: int = 300
     max_header_size: int = 16384
+    shutdown_grace: int = 30
+    metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    xheaders: bool = False  # trust X-Real-IP / X-Forwarded-For / X-Scheme from a reverse proxy
 
 
 @dataclass
 class MongoSettings:
     uri: str = ""  # empty: start the embedded evaluation database
     database: str = "gallery"
+    timeout: float = 5.0
+    embedded_path: str = "data/db"  # the embedded database's files and log (when uri is empty)
 
 
 @dataclass
@@ -76,6 +84,8 @@ class LimitsSettings:
     max_file_size: int = 104857600
     uploads_per_window: int = 10
     upload_window: int = 10
+    concurrent_uploads_per_user: int = 4
+    concurrent_uploads: int = 64
 
 
 @dataclass
@@ -105,6 +115,10 @@ class Settings:
     def storage_path(self) -> Path:
         return (HERE / self.storage.path).resolve()
 
+    @property
+    def embedded_db_path(self) -> Path:
+        return (HERE / self.mongodb.embedded_path).resolve()
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -121,6 +135,11 @@ def _coerce(key: str, kind: typing.Any, value: typing.Any) -> typing.Any:
         if text in _FALSE:
             return False
         raise SettingsError(f"{key}: expected true or false, got {value!r}")
+    if kind is float:
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise SettingsError(f"{key}: expected a number, got {value!r}") from None
     if kind is int:
         if isinstance(value, bool):
             raise SettingsError(f"{key}: expected an integer, got {value!r}")
@@ -179,12 +198,18 @@ def _validate(s: Settings) -> None:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SettingsError(f"server.public_url: must be an http(s) URL, got {s.server.public_url!r}")
         s.server.public_url = s.server.public_url.rstrip("/")
+    for network in s.server.metrics_allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"server.metrics_allow: {network!r} is not an address or network") from None
     if s.server.x_accel_redirect and not s.server.x_accel_redirect.startswith("/"):
         raise SettingsError("server.x_accel_redirect: must be an nginx location starting with /")
     s.server.x_accel_redirect = s.server.x_accel_redirect.rstrip("/")
     for key, value in (
         ("server.idle_connection_timeout", s.server.idle_connection_timeout),
         ("server.body_timeout", s.server.body_timeout),
+        ("server.shutdown_grace", s.server.shutdown_grace),
         ("auth.code_ttl", s.auth.code_ttl),
         ("auth.token_ttl", s.auth.token_ttl),
         ("auth.codes_per_jid_per_hour", s.auth.codes_per_jid_per_hour),
@@ -193,6 +218,8 @@ def _validate(s: Settings) -> None:
         ("limits.max_file_size", s.limits.max_file_size),
         ("limits.uploads_per_window", s.limits.uploads_per_window),
         ("limits.upload_window", s.limits.upload_window),
+        ("limits.concurrent_uploads_per_user", s.limits.concurrent_uploads_per_user),
+        ("limits.concurrent_uploads", s.limits.concurrent_uploads),
         ("imaging.max_pixels", s.imaging.max_pixels),
         ("imaging.timeout", s.imaging.timeout),
     ):
@@ -207,12 +234,36 @@ def _validate(s: Settings) -> None:
         _positive(key, value, 0)
     if s.mongodb.uri and not s.mongodb.uri.startswith(("mongodb://", "mongodb+srv://")):
         raise SettingsError("mongodb.uri: must start with mongodb:// or mongodb+srv://")
+    if not 0 < s.mongodb.timeout <= 300:
+        raise SettingsError(f"mongodb.timeout: must be between 0 and 300 seconds, got {s.mongodb.timeout}")
     if not s.mongodb.database or any(c in s.mongodb.database for c in '/\\. "$'):
         raise SettingsError(f"mongodb.database: invalid name {s.mongodb.database!r}")
     if not s.storage.path:
         raise SettingsError("storage.path: must not be empty")
+    if not s.mongodb.embedded_path:
+        raise SettingsError("mongodb.embedded_path: must not be empty")
     if bool(s.xmpp.jid) != bool(s.xmpp.password):
         raise SettingsError("xmpp.password: xmpp.jid and xmpp.password go together")
+    _validate_jids(s)
+
+
+def _validate_jids(s: Settings) -> None:
+    """JID-valued settings, normalised as the service compares them (nodeprep, nameprep)."""
+    try:
+        if s.xmpp.jid:
+            jids.parse(s.xmpp.jid)
+    except jids.BadJid as exc:
+        raise SettingsError(f"xmpp.jid: {exc}") from None
+    for key, values, normalise in (
+        ("admins", s.admins, jids.bare),
+        ("auth.allow_domains", s.auth.allow_domains, jids.domain),
+        ("auth.deny", s.auth.deny, jids.entry),
+    ):
+        for i, value in enumerate(values):
+            try:
+                values[i] = normalise(value)
+            except jids.BadJid as exc:
+                raise SettingsError(f"{key}: {value!r}: {exc}") from None
 
 
 def load(path: Path | str | None = None, env: typing.Mapping[str, str] | None = None) -> Settings:

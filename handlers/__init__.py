@@ -6,8 +6,8 @@ from typing import Any
 
 from tornado.web import Application
 
-from handlers import account, files, health, media
-from handlers.base import NotFoundHandler
+from handlers import account, avatars, files, health, media
+from handlers.base import NotFoundHandler, log_request
 
 
 def api(path: str) -> str:
@@ -21,8 +21,16 @@ ROUTES: list[tuple[str, Any]] = [
     (api("files/stats"), files.StatsHandler),
     (api("files"), files.FilesHandler),
     (api("account/quota"), account.QuotaHandler),
+    (api("account/xmpp_code_request"), account.CodeRequestHandler),
+    (api("account/xmpp_auth"), account.AuthHandler),
+    (api("account/tokens"), account.TokensHandler),
+    (api("account/list"), account.AccountListHandler),
+    (api("account"), account.AccountDeleteHandler),
+    (api("avatar/upload"), avatars.AvatarUploadHandler),
+    (api("avatar"), avatars.AvatarsHandler),
     (r"/api/v1/openapi\.yaml", health.OpenApiHandler),
     (r"/healthz/?", health.HealthHandler),
+    (r"/metrics", health.MetricsHandler),
     (r"/media/([^/]+)/([^/]+)", media.MediaHandler),
 ]
 
@@ -30,4 +38,6 @@ ROUTES: list[tuple[str, Any]] = [
 class GalleryApp(Application):
     def __init__(self, ctx: Any, routes: list[tuple[str, Any]] | None = None) -> None:
         self.ctx = ctx
-        super().__init__(routes or ROUTES, default_handler_class=NotFoundHandler, compress_response=False)
+        super().__init__(
+            routes or ROUTES, default_handler_class=NotFoundHandler, compress_response=False, log_function=log_request
+        )

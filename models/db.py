@@ -38,8 +38,9 @@ INDEXES: dict[str, list[IndexModel]] = {
 class Database:
     """Owns the client; exposes each collection by name."""
 
-    def __init__(self, uri: str, name: str) -> None:
-        self.client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000)
+    def __init__(self, uri: str, name: str, timeout: float = 5.0) -> None:
+        ms = int(timeout * 1000)
+        self.client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms)
         self.db = self.client[name]
         self.users: AsyncCollection = self.db.users
         self.tokens: AsyncCollection = self.db.tokens

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from models.db import utcnow
 from models.files import Criteria, Files, Page
 from models.users import Quota, Users
 from services.errors import NotFound, QuotaExceeded
-from services.render import file_object, thumb_name
+from services.render import file_object, thumb_name, variant_name
 from storage.content import clean_name, media_type
 from storage.ingest import Incoming
 from storage.local import BlobStore
@@ -35,6 +37,17 @@ class UploadMeta:
     metadata: dict | None = None
     create_thumbnails: bool = True
     is_avatar: bool = False
+
+
+@dataclass
+class Written:
+    """A complete, fsync'd temp file on the storage volume, ready to be committed."""
+
+    path: Path
+    md5: str
+    sha256: str
+    size: int
+    media_type: str
 
 
 @dataclass
@@ -85,20 +98,31 @@ class FileManager:
     async def store_upload(self, owner: str, incoming: Incoming, meta: UploadMeta) -> dict:
         """Commit a fully received upload: reserve quota, reference the blob, insert the file.
         The temp file is consumed (moved into place or removed) whatever happens."""
-        size, reserved = incoming.size, False
         try:
             md5, sha256 = await incoming.finish()
             kind = media_type(bytes(incoming.head), meta.declared_type)
+        except BaseException:
+            await incoming.discard()
+            raise
+        return await self.commit(owner, Written(Path(incoming.path), md5, sha256, incoming.size, kind), meta)
+
+    async def commit(self, owner: str, written: Written, meta: UploadMeta, variants: Sequence[int] = ()) -> dict:
+        """Commit a complete, fsync'd temp file on the storage volume (an upload, or content made
+        from one, like an avatar): reserve quota, reference the blob, insert the file. The temp file
+        is consumed (moved into place or removed) whatever happens. `variants`: the sides of the
+        square WebP images (avatar thumbnails) to make with the blob's derived images."""
+        size, reserved = written.size, False
+        try:
             reserved = await self.users.reserve(owner, size)
             if not reserved:
                 raise QuotaExceeded()
-            derived = await self._reference(sha256, md5, size, kind, incoming, meta.create_thumbnails)
+            derived = await self._reference(written, meta.create_thumbnails, variants)
         except BaseException:
-            await incoming.discard()
+            written.path.unlink(missing_ok=True)
             if reserved:
                 await self.users.release(owner, size)
             raise
-        doc = self._new_doc(owner, meta.name, sha256, md5, size, kind, derived, meta)
+        doc = self._new_doc(owner, meta.name, written.sha256, written.md5, size, written.media_type, derived, meta)
         await self._insert(doc)
         log.info("stored upload", extra={"user": owner, "slot_id": doc["slot_id"], "size": size})
         return doc
@@ -122,22 +146,35 @@ class FileManager:
         await self._insert(doc)
         return doc
 
-    async def _reference(self, sha256: str, md5: str, size: int, kind: str, incoming: Incoming, thumbnails: bool) -> Derived:
+    async def _reference(self, written: Written, thumbnails: bool, variants: Sequence[int] = ()) -> Derived:
+        """Reference the blob (placing the temp file if the content is new) and return its derived
+        images, made once per content (in the imaging pool) and shared by every file that has it."""
+        sha256 = written.sha256
         async with self.store.locked(sha256):
-            before = await self.blobs.acquire(sha256, md5, size, kind)
-            await self.store.place(incoming.path, sha256)
+            before = await self.blobs.acquire(sha256, written.md5, written.size, written.media_type)
+            await self.store.place(written.path, sha256)
             derived = (before or {}).get("derived")
-            if derived is None or (thumbnails and derived.get("thumbnail") is None and not derived.get("tried")):
-                result = await self.imaging.derive(self.store.blob_path(sha256), kind, self.store.thumb_dir(sha256), thumbnails)
-                derived = {**result.as_doc(), "tried": thumbnails}
-                await self.blobs.set_meta(sha256, {"derived": derived})
+            old = derived or {}
+            want_thumb = thumbnails and old.get("thumbnail") is None and not old.get("tried")
+            want_variants = bool(variants) and old.get("variants") is None
+            if derived is None or want_thumb or want_variants:
+                thumb = thumbnails or bool(old.get("tried"))  # keep what an earlier upload asked for
+                sizes = tuple(variants) or tuple(v["size"] for v in old.get("variants") or ())
+                path, out_dir = self.store.blob_path(sha256), self.store.thumb_dir(sha256)
+                result = await self.imaging.derive(path, written.media_type, out_dir, thumb, sizes)
+                derived = {**result.as_doc(), "tried": thumb}
+                # Nothing learnt about new content the imaging never looks at (neither an image
+                # nor a video): no need to remember it, and one write less for most uploads.
+                if before is not None or result != Derived() or written.media_type.startswith(("image/", "video/")):
+                    await self.blobs.set_meta(sha256, {"derived": derived})
         thumbnail = derived.get("thumbnail") if thumbnails else None
-        return Derived(derived.get("width"), derived.get("height"), thumbnail)
+        made = derived.get("variants") if variants else None
+        return Derived(derived.get("width"), derived.get("height"), thumbnail, made)
 
     def _new_doc(
         self, owner: str, name: str | None, sha256: str, md5: str, size: int, kind: str, derived: Derived, meta: UploadMeta
     ) -> dict:
-        return {
+        doc = {
             "_id": ObjectId(),
             "owner": owner,
             "slot_id": secrets.token_urlsafe(18),
@@ -154,6 +191,9 @@ class FileManager:
             "height": derived.height,
             "created_at": utcnow(),
         }
+        if meta.is_avatar:  # the avatar's WebP thumbnails, named after this file
+            doc["thumbnails"] = [{**v, "name": variant_name(v["size"], doc["name"])} for v in derived.variants or ()]
+        return doc
 
     async def _insert(self, doc: dict) -> None:
         try:
@@ -175,6 +215,10 @@ class FileManager:
         return Listing(total, page, [self.render(doc) for doc in docs])
 
     async def stats(self, owner: str, criteria: Criteria) -> dict:
+        if criteria == Criteria():  # unfiltered: the owner's counters and quota, two point reads
+            counts, quota = await asyncio.gather(self.files.counts(owner), self.users.quota(owner))
+            total = {key: sum(bucket[key] for bucket in counts.values()) for key in ("count", "used")}
+            return {**counts, "total": total, "quota": quota.quota, "used": quota.used}
         buckets = {name: {"count": 0, "used": 0} for name in ("images", "videos", "voices", "files", "avatars", "total")}
         for row in await self.files.usage(owner, criteria):
             if row["is_avatar"]:

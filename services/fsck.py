@@ -1,8 +1,9 @@
 """fsck: make the database and the blob store agree again after a crash.
 
-`files` is the source of truth: blob reference counts and each user's `used` are recomputed from
-it; blobs and derived images nobody references, and stale temp files, are removed. Content that a
-file points at but that is missing from the volume cannot be repaired and is reported.
+`files` is the source of truth: blob reference counts, each user's `used` and each owner's file
+counters (count and bytes per stats bucket) are recomputed from it; blobs and derived images
+nobody references, and stale temp files, are removed. Content that a file points at but that is
+missing from the volume cannot be repaired and is reported.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Report:
     blob_files_removed: int = 0
     thumb_dirs_removed: int = 0
     used_fixed: int = 0
+    counts_fixed: int = 0
     missing_content: list[str] = field(default_factory=list)
 
     @property
@@ -85,4 +87,5 @@ async def fsck(files: Files, blobs: Blobs, users: Users, store: BlobStore, temp_
     for jid in await users.all_ids():
         if await users.set_used(jid, totals.get(jid, 0)):
             report.used_fixed += 1
+    report.counts_fixed = await files.recount()
     return report
