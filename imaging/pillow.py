@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image, ImageCms, ImageOps
 
 from imaging import video
+from storage.local import fsync_dir
 
 try:  # HEIC/HEIF (iPhone photos), when the optional pillow-heif package is installed
     from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
@@ -192,14 +193,6 @@ def write(im: Image.Image, path: Path, fmt: str, icc: bytes | None = None, **opt
         raise
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def square(im: Image.Image, side: int) -> Image.Image:
     """The centred square crop of `im`, scaled to `side` (callers never ask for more than the
     image's shorter side, so nothing is upscaled)."""
@@ -236,7 +229,7 @@ def _thumbnails(
             write(small, out_dir / name, "WEBP", icc if small.mode in ("RGB", "RGBA") else None)
             made.append({"size": size, "file": name, "media_type": "image/webp", "width": size, "height": size})
         out["variants"] = made
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     return out
 
 

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -92,7 +93,7 @@ class BlobStore:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(temp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     async def remove(self, sha256: str) -> None:
         """Delete a blob and its derived images."""
