@@ -171,21 +171,25 @@ class MediaHandler(BaseHandler):
         return when is not None and int(when.timestamp()) == int(found.last_modified.timestamp())
 
     async def _stream(self, found: Download, start: int, length: int) -> None:
-        """Read a bounded chunk in a thread, write it, wait until the socket took it."""
+        """Read a bounded chunk in a thread into one buffer, hand it to the socket, wait until the
+        socket took it, reuse the buffer. One buffer per download, made on the loop: a new
+        `bytes` per chunk, made in whichever I/O thread read it, left a freed chunk in each
+        thread's malloc arena (RSS grew by tens of MiB over a few downloads)."""
         fd = await asyncio.to_thread(os.open, found.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            buffer = memoryview(bytearray(min(CHUNK, length)))
             position, remaining = start, length
+            await self.flush()  # the headers
             while remaining > 0:
-                chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, remaining), position)
-                if not chunk:
+                count = await asyncio.to_thread(os.preadv, fd, [buffer[: min(len(buffer), remaining)]], position)
+                if not count:
                     break
-                position += len(chunk)
-                remaining -= len(chunk)
-                self.write(chunk)
-                try:
-                    await self.flush()
-                except StreamClosedError:
-                    return
+                position += count
+                remaining -= count
+                self.bytes_sent += count
+                await self.request.connection.write(buffer[:count])
+        except StreamClosedError:
+            return  # the client went away
         finally:
             os.close(fd)
         self.finish()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 from models.db import utcnow
 
@@ -12,23 +12,27 @@ class Blobs:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
+    # Callers hold the content's lock (BlobStore.locked), so reading and then changing one blob
+    # document is not racing another change to it. Point reads and updates are used rather than
+    # find-and-modify, which some MongoDB-compatible servers (SecantusDB) run as a collection scan.
+
     async def acquire(self, sha256: str, md5: str, size: int, media_type: str) -> dict | None:
         """Add a reference; returns the document as it was before (None: the blob is new)."""
-        return await self.c.find_one_and_update(
-            {"_id": sha256},
-            {
-                "$inc": {"refs": 1},
-                "$setOnInsert": {"md5": md5, "size": size, "media_type": media_type, "created_at": utcnow()},
-            },
-            upsert=True,
-            return_document=ReturnDocument.BEFORE,
-        )
+        before = await self.c.find_one({"_id": sha256})
+        if before is not None:
+            await self.c.update_one({"_id": sha256}, {"$inc": {"refs": 1}})
+            return before
+        doc = {"_id": sha256, "md5": md5, "size": size, "media_type": media_type, "refs": 1, "created_at": utcnow()}
+        try:
+            await self.c.insert_one(doc)
+        except DuplicateKeyError:  # another process inserted it first
+            return await self.acquire(sha256, md5, size, media_type)
+        return None
 
     async def release(self, sha256: str) -> int:
         """Drop a reference; returns the references left."""
-        doc = await self.c.find_one_and_update(
-            {"_id": sha256}, {"$inc": {"refs": -1}}, return_document=ReturnDocument.AFTER, projection={"refs": 1}
-        )
+        await self.c.update_one({"_id": sha256}, {"$inc": {"refs": -1}})
+        doc = await self.c.find_one({"_id": sha256}, {"refs": 1})
         return 0 if doc is None else doc["refs"]
 
     async def delete_unreferenced(self, sha256: str) -> bool:

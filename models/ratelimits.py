@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import time
@@ -35,8 +36,6 @@ class RateLimits:
             )
             if doc is not None:
                 return doc["n"]
-            try:
+            with contextlib.suppress(DuplicateKeyError):  # another hit created it: increment that one
                 await self.c.insert_one({"_id": counter, "n": 0, "expires": expires})
-            except DuplicateKeyError:
-                pass  # another hit created it: increment that one
         raise RuntimeError(f"rate-limit counter {counter} vanished")  # pragma: no cover

@@ -1,11 +1,11 @@
 """Receive one upload's bytes: hashed as they arrive, written once to a temp file.
 
-The event loop only appends chunks to a list; every MiB the list is handed to two threads at once,
-one updating md5 (the slower digest), the other sha256 and writing the chunks with one writev (no
-join, no copy). hashlib and os.writev release the GIL, so on two cores the digests overlap each
-other and the loop, which goes on reading the next MiB meanwhile. Every 8 MiB the kernel is asked
-to start writing the temp file back (sync_file_range, Linux), so the fsync at the end only waits
-for the tail.
+The event loop only appends chunks to a list; every MiB the list, joined, is handed to a thread
+that updates md5 and sha256 and writes it (hashlib and the write release the GIL), while the loop
+goes on reading the next MiB. Every 8 MiB the kernel is asked to start writing the temp file back
+(sync_file_range, Linux), so the fsync at the end only waits for the tail. The temp file is
+created by the first write, in the thread; the last batch, its digests and the fsync are one
+thread hop (a small upload makes only that one).
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ class Incoming:
         if self._job is not None:
             await self._wait()
         if self._buffered:
-            # one buffer, so that each thread takes the GIL back once per batch, not once per chunk
+            # one buffer: the thread takes the GIL back once per digest and batch, not per chunk
             chunks, self._buffer, self._buffered = [b"".join(self._buffer)], [], 0
-            self._job = asyncio.gather(asyncio.to_thread(_update, self._md5, chunks), asyncio.to_thread(self._write, chunks))
+            self._job = asyncio.ensure_future(asyncio.to_thread(self._write, chunks))
 
     async def _wait(self) -> None:
         job, self._job = self._job, None
@@ -119,9 +119,10 @@ class Incoming:
             raise WriteFailed(exc.strerror) from exc
 
     def _write(self, chunks: list[bytes]) -> None:
-        """In a thread: sha256 and write a batch; start the writeback of what has piled up."""
+        """In a thread: hash and write a batch; start the writeback of what has piled up."""
         if self.fd is None:
             self.fd, self.path = self.store.new_temp()
+        _update(self._md5, chunks)
         _update(self._sha256, chunks)
         self._written += _write_all(self.fd, chunks)
         pending = self._written - self._writeback_from
@@ -130,8 +131,7 @@ class Incoming:
             self._writeback_from = self._written
 
     def _write_last(self, chunks: list[bytes]) -> None:
-        """In a thread: the last batch, md5 included, then fsync (one hop for a small upload)."""
-        _update(self._md5, chunks)
+        """In a thread: the last batch, then fsync (one hop for a small upload)."""
         self._write(chunks)
         os.fsync(self.fd)
 

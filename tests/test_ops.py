@@ -56,7 +56,8 @@ def _route_to_openapi(pattern: str) -> str:
 
 def _methods(handler: type) -> set[str]:
     """The HTTP methods a handler class implements itself (not RequestHandler's 405 stubs)."""
-    return {m for m in ("get", "post", "put", "delete", "head", "options") if getattr(handler, m) is not getattr(RequestHandler, m)}
+    methods = ("get", "post", "put", "delete", "head", "options")
+    return {m for m in methods if getattr(handler, m) is not getattr(RequestHandler, m)}
 
 
 def test_every_route_is_documented():
