@@ -5,32 +5,15 @@ files would. Real sockets, real database."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
-import wave
 
 from bson import ObjectId
 
 from services.fsck import fsck
 from tests.conftest import login
-from tests.helpers import sha256, upload
+from tests.helpers import GIF, WEBM, sha256, upload, wav
 
-GIF = (
-    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
-    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-)
-WEBM = bytes.fromhex("1a45dfa3") + b"\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\xf2\x81\x04\x42\xf3\x81\x08\x42\x82\x84webm"
 BUCKETS = ("images", "videos", "voices", "files", "avatars", "total")
-
-
-def _wav() -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(os.urandom(400))
-    return out.getvalue()
 
 
 async def _stats(client, headers, **params) -> dict:
@@ -50,8 +33,8 @@ def _buckets(body: dict) -> dict:
 
 
 async def test_counters_follow_uploads_dedup_and_deletes(client, alice):
-    wav = _wav()
-    contents = [(GIF, "a.gif"), (WEBM + os.urandom(50), "v.webm"), (wav, "voice.wav"), (os.urandom(300), "x.bin")]
+    voice = wav()
+    contents = [(GIF, "a.gif"), (WEBM + os.urandom(50), "v.webm"), (voice, "voice.wav"), (os.urandom(300), "x.bin")]
     ids = []
     for content, name in contents:
         r = await upload(client, alice, content, name)
@@ -60,10 +43,10 @@ async def test_counters_follow_uploads_dedup_and_deletes(client, alice):
     body = await _stats(client, alice)
     assert body["images"] == {"count": 1, "used": len(GIF)}
     assert body["videos"] == {"count": 1, "used": len(WEBM) + 50}
-    assert body["voices"] == {"count": 1, "used": len(wav)}
+    assert body["voices"] == {"count": 1, "used": len(voice)}
     assert body["files"] == {"count": 1, "used": 300}
     assert body["avatars"] == {"count": 0, "used": 0}
-    total = len(GIF) + len(WEBM) + 50 + len(wav) + 300
+    total = len(GIF) + len(WEBM) + 50 + len(voice) + 300
     assert body["total"] == {"count": 4, "used": total}
     assert body["used"] == total
     assert _buckets(body) == _buckets(await _scanned_stats(client, alice))
@@ -83,7 +66,7 @@ async def test_counters_follow_uploads_dedup_and_deletes(client, alice):
     body = await _stats(client, alice)
     assert body["images"] == {"count": 0, "used": 0}
     assert body["files"] == {"count": 0, "used": 0}
-    assert body["total"] == {"count": 2, "used": len(WEBM) + 50 + len(wav)}
+    assert body["total"] == {"count": 2, "used": len(WEBM) + 50 + len(voice)}
     assert body["used"] == body["total"]["used"]
     assert _buckets(body) == _buckets(await _scanned_stats(client, alice))
     # a delete that matches nothing changes nothing

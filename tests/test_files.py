@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import os
-import wave
 
 import pytest
 
 from tests.conftest import login
-from tests.helpers import assert_error, md5, sha256, upload
+from tests.helpers import GIF, assert_error, md5, sha256, upload, wav
+from tests.helpers import WEBM as WEBM_HEADER
 
-GIF = (
-    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
-    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-)
-
-
-def _wav() -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(os.urandom(400))
-    return out.getvalue()
-
-
-OGG = _wav()  # a voice message
-WEBM = (
-    bytes.fromhex("1a45dfa3")
-    + b"\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\xf2\x81\x04\x42\xf3\x81\x08\x42\x82\x84webm"
-    + os.urandom(100)
-)
+OGG = wav()  # a voice message
+WEBM = WEBM_HEADER + os.urandom(100)
 
 
 async def test_slot_dedups_within_the_callers_files_only(client, alice, bob):
