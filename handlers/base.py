@@ -29,6 +29,7 @@ access = logging.getLogger("gallery.access")
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 MAX_PER_PAGE = 500
+INT64_MAX = 2**63 - 1  # the largest integer the database stores; larger ones are a 400
 
 
 def _text(value: Any) -> Any:
@@ -225,8 +226,9 @@ class BaseHandler(RequestHandler):
             number = int(value) if isinstance(value, int) else int(value.strip(), 10)
         except ValueError:
             raise Invalid(f"{name}: expected an integer", fields={name: "expected an integer"}) from None
-        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        maximum = INT64_MAX if maximum is None else maximum
+        if (minimum is not None and number < minimum) or number > maximum:
+            bounds = f"between {minimum} and {maximum}" if minimum is not None else f"at most {maximum}"
             raise Invalid(f"{name}: must be {bounds}", fields={name: f"must be {bounds}"})
         return number
 
