@@ -32,6 +32,13 @@ def wav() -> bytes:
     return out.getvalue()
 
 
+def opaque(size: int) -> bytes:
+    """Unique content libmagic finds nothing in: a fixed unrecognised start (random bytes alone
+    sometimes begin like an executable or an image), then random bytes."""
+    prefix = b"\x9a\x13\xc7\x02" * 16
+    return (prefix + os.urandom(max(0, size - len(prefix))))[:size]
+
+
 def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
     """The contract's error body, with the real status repeated as a string."""
     assert response.status_code == status, response.text

@@ -7,14 +7,14 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import assert_error, sha256, upload
+from tests.helpers import assert_error, opaque, sha256, upload
 
 PNG_HEAD = bytes.fromhex("89504e470d0a1a0a0000000d49484452")
 
 
 @pytest.fixture
 async def stored(client, alice):
-    data = os.urandom(100_000)
+    data = opaque(100_000)
     return data, (await upload(client, alice, data, "data file.bin")).json()
 
 

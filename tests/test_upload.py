@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from tests.conftest import login
-from tests.helpers import assert_error, md5, multipart, sha256, upload
+from tests.helpers import assert_error, md5, multipart, opaque, sha256, upload
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")  # header is enough to sniff
 
 
 async def test_upload_returns_file_object_and_stores_content(client, alice, service):
-    data = os.urandom(300_000)
+    data = opaque(300_000)
     r = await upload(client, alice, data, "photo.bin", context="file", metadata='{"k": "v"}')
     assert r.status_code == 201, r.text
     body = r.json()
@@ -42,12 +42,12 @@ async def test_media_type_is_sniffed_not_declared(client, alice):
     r = await upload(client, alice, b"<html><body>hi</body></html>", "x.jpg", media_type="image/jpeg")
     assert r.json()["media_type"] == "text/html"
     # nothing detected: the declared type is used if well-formed
-    r = await upload(client, alice, os.urandom(1000), "x", media_type="application/x-custom")
+    r = await upload(client, alice, opaque(1000), "x", media_type="application/x-custom")
     assert r.json()["media_type"] == "application/x-custom"
-    r = await upload(client, alice, os.urandom(1000), "x", media_type="not a type")
+    r = await upload(client, alice, opaque(1000), "x", media_type="not a type")
     assert r.json()["media_type"] == "application/octet-stream"
     # no media_type field: the part's Content-Type counts as the declaration
-    r = await upload(client, alice, os.urandom(1000), "x", part_type="audio/x-thing")
+    r = await upload(client, alice, opaque(1000), "x", part_type="audio/x-thing")
     assert r.json()["media_type"] == "audio/x-thing"
 
 
