@@ -11,7 +11,7 @@ from bson import ObjectId
 
 from services.fsck import fsck
 from tests.conftest import login
-from tests.helpers import GIF, WEBM, sha256, upload, wav
+from tests.helpers import GIF, WEBM, opaque, sha256, upload, wav
 
 BUCKETS = ("images", "videos", "voices", "files", "avatars", "total")
 
@@ -34,7 +34,7 @@ def _buckets(body: dict) -> dict:
 
 async def test_counters_follow_uploads_dedup_and_deletes(client, alice):
     voice = wav()
-    contents = [(GIF, "a.gif"), (WEBM + os.urandom(50), "v.webm"), (voice, "voice.wav"), (os.urandom(300), "x.bin")]
+    contents = [(GIF, "a.gif"), (WEBM + os.urandom(50), "v.webm"), (voice, "voice.wav"), (opaque(300), "x.bin")]
     ids = []
     for content, name in contents:
         r = await upload(client, alice, content, name)
@@ -77,8 +77,8 @@ async def test_counters_follow_uploads_dedup_and_deletes(client, alice):
 
 async def test_counters_are_per_owner_and_list_totals_use_them(client, alice, bob):
     for i in range(3):
-        assert (await upload(client, alice, os.urandom(100 + i), f"a{i}.bin")).status_code == 201
-    assert (await upload(client, bob, os.urandom(7), "b.bin")).status_code == 201
+        assert (await upload(client, alice, opaque(100 + i), f"a{i}.bin")).status_code == 201
+    assert (await upload(client, bob, opaque(7), "b.bin")).status_code == 201
     assert (await _stats(client, alice))["total"] == {"count": 3, "used": 303}
     assert (await _stats(client, bob))["total"] == {"count": 1, "used": 7}
     listing = (await client.get("/api/v1/files/", headers=alice)).json()
@@ -89,7 +89,7 @@ async def test_counters_are_per_owner_and_list_totals_use_them(client, alice, bo
 
 async def test_fsck_recomputes_counters(client, alice, service):
     for i in range(2):
-        assert (await upload(client, alice, os.urandom(10 + i), f"f{i}.bin")).status_code == 201
+        assert (await upload(client, alice, opaque(10 + i), f"f{i}.bin")).status_code == 201
     assert (await upload(client, alice, GIF, "g.gif")).status_code == 201
     right = _buckets(await _stats(client, alice))
     ctx = service.ctx
@@ -112,7 +112,7 @@ async def test_newest_first_pages_through_growing_windows(client, alice, service
     without date filters, is exactly the slice of the full newest-first order."""
     ids = []
     for i in range(23):
-        r = await upload(client, alice, os.urandom(20 + i), f"n{i}.bin")
+        r = await upload(client, alice, opaque(20 + i), f"n{i}.bin")
         assert r.status_code == 201
         ids.append(r.json()["id"])
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.conftest import login
-from tests.helpers import GIF, assert_error, md5, sha256, upload, wav
+from tests.helpers import GIF, assert_error, md5, opaque, sha256, upload, wav
 from tests.helpers import WEBM as WEBM_HEADER
 
 OGG = wav()  # a voice message
@@ -17,7 +17,7 @@ WEBM = WEBM_HEADER + os.urandom(100)
 
 
 async def test_slot_dedups_within_the_callers_files_only(client, alice, bob):
-    data = os.urandom(4096)
+    data = opaque(4096)
     first = (await upload(client, alice, data, "one.bin")).json()
     for digest in (md5(data), sha256(data), sha256(data).upper()):
         r = await client.get("/api/v1/files/slot/", headers=alice, params={"hash": digest, "size": len(data), "name": "two.bin"})
@@ -64,7 +64,7 @@ async def test_slot_errors(client, alice, service):
 async def test_slot_respects_quota_for_dedup(client, service):
     headers = await login(service, "q@example.org")
     await service.ctx.db.users.update_one({"_id": "q@example.org"}, {"$set": {"quota": 1500}})
-    data = os.urandom(1000)
+    data = opaque(1000)
     await upload(client, headers, data)
     r = await client.get("/api/v1/files/slot/", headers=headers, params={"hash": md5(data), "size": 1000})
     assert_error(r, 403)
@@ -78,7 +78,7 @@ async def _populate(client, headers):
             (OGG, "v.wav", "voice"),
             (WEBM, "m.webm", "file"),
             (b"x" * 50, "n.txt", None),
-            (os.urandom(300), "r.bin", "file"),
+            (opaque(300), "r.bin", "file"),
         ]
     ):
         r = await upload(client, headers, content, name, **({"context": context} if context else {}))
