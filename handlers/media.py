@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import os
 import re
+from contextlib import aclosing
 from urllib.parse import quote
 
 from tornado.iostream import StreamClosedError
@@ -95,15 +94,12 @@ class MediaHandler(BaseHandler):
 
     async def get(self, slot_id: str, name: str, include_body: bool = True) -> None:
         found = await self.ctx.file_manager.download(slot_id, name)
-        try:
-            size = os.stat(found.path).st_size if found else -1
-        except FileNotFoundError:
-            size = -1
-        if found is None or size < 0:
+        if found is None:
             self.set_header("Content-Type", "application/json; charset=utf-8")
             self.set_header("Cache-Control", "no-store")
             self.send_error(404)
             return
+        size = found.size
         self._headers_for(found, size)
         if self._not_modified(found):
             self.set_status(304)
@@ -171,25 +167,13 @@ class MediaHandler(BaseHandler):
         return when is not None and int(when.timestamp()) == int(found.last_modified.timestamp())
 
     async def _stream(self, found: Download, start: int, length: int) -> None:
-        """Read a bounded chunk in a thread into one buffer, hand it to the socket, wait until the
-        socket took it, reuse the buffer. One buffer per download, made on the loop: a new
-        `bytes` per chunk, made in whichever I/O thread read it, left a freed chunk in each
-        thread's malloc arena (RSS grew by tens of MiB over a few downloads)."""
-        fd = await asyncio.to_thread(os.open, found.path, os.O_RDONLY | os.O_CLOEXEC)
+        """Hand each chunk to the socket and wait until it took it before reading the next."""
         try:
-            buffer = memoryview(bytearray(min(CHUNK, length)))
-            position, remaining = start, length
             await self.flush()  # the headers
-            while remaining > 0:
-                count = await asyncio.to_thread(os.preadv, fd, [buffer[: min(len(buffer), remaining)]], position)
-                if not count:
-                    break
-                position += count
-                remaining -= count
-                self.bytes_sent += count
-                await self.request.connection.write(buffer[:count])
+            async with aclosing(self.ctx.store.stream(found.path, start, length, CHUNK)) as chunks:
+                async for view in chunks:
+                    self.bytes_sent += len(view)
+                    await self.request.connection.write(view)
         except StreamClosedError:
             return  # the client went away
-        finally:
-            os.close(fd)
         self.finish()

@@ -59,6 +59,7 @@ class Download:
     name: str
     etag: str
     last_modified: dt.datetime
+    size: int = 0
 
 
 @dataclass
@@ -232,7 +233,19 @@ class FileManager:
         return {**buckets, "quota": quota.quota, "used": quota.used}
 
     async def download(self, slot_id: str, name: str) -> Download | None:
-        """What /media/<slot_id>/<name> serves: the content, or one of its derived images."""
+        """What /media/<slot_id>/<name> serves, with its size on the volume; None when the link
+        or the stored file does not exist."""
+        found = await self._find_download(slot_id, name)
+        if found is None:
+            return None
+        size = await self.store.size(found.path)
+        if size is None:
+            return None
+        found.size = size
+        return found
+
+    async def _find_download(self, slot_id: str, name: str) -> Download | None:
+        """The content behind the link, or one of its derived images."""
         doc = await self.files.by_slot(slot_id)
         if doc is None:
             return None
