@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from pathlib import Path
 
@@ -20,7 +21,7 @@ class HealthHandler(BaseHandler):
             "status": "ok",
             "db": "ok" if await ctx.db.ping() else "unavailable",
             "xmpp": ctx.xmpp_state(),
-            "storage": "ok" if ctx.store.check() else "unavailable",
+            "storage": "ok" if await asyncio.to_thread(ctx.store.check) else "unavailable",
         }
         failing = report["db"] != "ok" or report["storage"] != "ok" or report["xmpp"] not in ("connected", "disabled")
         if failing:
