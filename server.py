@@ -25,10 +25,10 @@ from handlers import GalleryApp
 from imaging.pool import PoolImaging
 from models.db import Database
 from models.embedded import EmbeddedMongo
-from services.context import Context
+from services.context import Context, Parts
 from services.fsck import fsck
 from settings import HERE, Settings, SettingsError
-from storage.local import BlobStore
+from storage.local import LocalStore
 from xmpp.client import XmppClient
 
 log = logging.getLogger("gallery")
@@ -52,6 +52,7 @@ class Service:
         self.embedded: EmbeddedMongo | None = None
         self.db: Database | None = None
         self.http: HTTPServer | None = None
+        self.parts: Parts | None = None
         self.ctx: Context | None = None
 
     @property
@@ -61,11 +62,11 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="gallery-io"))
-        store = BlobStore(s.storage_path)
+        store = LocalStore(s.storage_path)
         store.prepare()
-        removed = store.clean_temps(0)  # nothing is in flight before we listen
+        removed = await store.clean_staging(0)  # nothing is in flight before we listen
         if removed:
-            log.info("removed %d stale temp files", len(removed))
+            log.info("removed %d stale temp files", removed)
         uri = s.mongodb.uri
         if not uri:
             self.embedded = EmbeddedMongo(self.db_dir)
@@ -81,7 +82,8 @@ class Service:
         s.server.port = sockets[0].getsockname()[1]
         # the imaging pool starts its worker processes on the first job
         xmpp = XmppClient(s.xmpp) if s.xmpp.jid else None
-        self.ctx = Context(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging), xmpp=xmpp)
+        self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging), xmpp=xmpp)
+        self.ctx = Context.build(self.parts)
         if xmpp is not None:
             await xmpp.start()  # waits briefly for the session; without one, code requests answer 503
         self.http = HTTPServer(
@@ -102,14 +104,14 @@ class Service:
         if self.http is not None:
             self.http.stop()  # no new connections
             if self.ctx is not None:
-                left = await self.ctx.upload_gate.drain(self.settings.server.shutdown_grace)
+                left = await self.ctx.files.gate.drain(self.settings.server.shutdown_grace)
                 if left:
                     log.warning("shutdown grace over: cutting off %d uploads in flight", left)
             await self.http.close_all_connections()
-        if self.ctx is not None and self.ctx.xmpp is not None:
-            await self.ctx.xmpp.stop()
-        if self.ctx is not None:
-            await self.ctx.imaging.close()
+        if self.parts is not None and self.parts.xmpp is not None:
+            await self.parts.xmpp.stop()
+        if self.parts is not None:
+            await self.parts.imaging.close()
         if self.db is not None:
             await self.db.close()
         if self.embedded is not None:
@@ -139,9 +141,9 @@ async def repair(settings: Settings) -> int:
         uri = await asyncio.to_thread(embedded.start)
     db = Database(uri, settings.mongodb.database)
     try:
-        ctx = Context(settings=settings, db=db, store=BlobStore(settings.storage_path))
-        ctx.store.prepare()
-        report = await fsck(ctx.files, ctx.blobs, ctx.users, ctx.store)
+        parts = Parts(settings=settings, db=db, store=LocalStore(settings.storage_path))
+        parts.store.prepare()
+        report = await fsck(parts.files, parts.blobs, parts.users, parts.store)
         for line in report.lines():
             print(line)
         print("store is consistent" if report.repaired else "store could NOT be fully repaired")

@@ -37,6 +37,7 @@ class ServerSettings:
     shutdown_grace: int = 30
     metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     xheaders: bool = False  # trust X-Real-IP / X-Forwarded-For / X-Scheme from a reverse proxy
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])  # web origins allowed to call the API
 
 
 @dataclass

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.base import MAX_PER_PAGE, BaseHandler
-from models.files import Page
+from handlers.base import BaseHandler
 from services.accounts import MAX_QUOTA, AccountManager
 from xmpp.jids import MAX_LENGTH as JID_LENGTH
 
@@ -20,14 +19,14 @@ class AccountHandler(BaseHandler):
         return self.request.remote_ip or ""
 
     def jid_param(self, name: str = "jid") -> str | None:
-        return self.str_param(name, JID_LENGTH)
+        return self.params.str(name, JID_LENGTH)
 
 
 class CodeRequestHandler(AccountHandler):
     """POST account/xmpp_code_request/: send a one-time code to a JID over XMPP."""
 
     async def post(self) -> None:
-        body = await self.accounts.request_code(self.jid_param(), self.str_param("type", 16), self.address)
+        body = await self.accounts.request_code(self.jid_param(), self.params.str("type", 16), self.address)
         self.reply(body, 201)
 
 
@@ -37,9 +36,9 @@ class AuthHandler(AccountHandler):
     async def post(self) -> None:
         login = await self.accounts.login(
             self.jid_param(),
-            self.param("code"),
-            self.str_param("device", NAME_LENGTH),
-            self.str_param("client", NAME_LENGTH),
+            self.params.raw("code"),
+            self.params.str("device", NAME_LENGTH),
+            self.params.str("client", NAME_LENGTH),
             self.address,
         )
         self.reply({"token": login.token, "token_id": login.token_id, "expires": login.expires}, 201)
@@ -56,8 +55,8 @@ class TokensHandler(AccountHandler):
 
     async def delete(self) -> None:
         assert self.token is not None
-        token_id = self.str_param("token_id", NAME_LENGTH)
-        await self.accounts.revoke(self.owner, self.token.token_id, token_id, self.bool_param("all", False))
+        token_id = self.params.str("token_id", NAME_LENGTH)
+        await self.accounts.revoke(self.owner, self.token.token_id, token_id, self.params.bool("all", False))
         self.no_content()
 
 
@@ -69,7 +68,7 @@ class AccountDeleteHandler(AccountHandler):
             await self.authenticate()
             await self.accounts.delete(self.owner)
         else:
-            await self.accounts.delete_with_code(self.jid_param(), self.param("code"), self.address)
+            await self.accounts.delete_with_code(self.jid_param(), self.params.raw("code"), self.address)
         self.no_content()
 
 
@@ -79,12 +78,11 @@ class QuotaHandler(AccountHandler):
     auth = True
 
     async def get(self) -> None:
-        quota = await self.ctx.users.quota(self.owner)
-        self.reply({"quota": quota.quota, "used": quota.used, "available": quota.available})
+        self.reply(await self.accounts.quota(self.owner))
 
     async def put(self) -> None:
         self.accounts.require_admin(self.owner)
-        value = self.int_param("value", 0, MAX_QUOTA)
+        value = self.params.int("value", 0, MAX_QUOTA)
         self.reply(await self.accounts.set_quota(self.owner, self.jid_param(), value))
 
 
@@ -95,6 +93,5 @@ class AccountListHandler(AccountHandler):
 
     async def get(self) -> None:
         self.accounts.require_admin(self.owner)
-        page = Page(self.int_param("page", 1) or 1, self.int_param("obj_per_page", 1, MAX_PER_PAGE) or Page.per_page)
-        listing = await self.accounts.list_accounts(self.owner, self.str_param("vhost", JID_LENGTH), page)
-        self.reply(listing.as_json())
+        page = self.params.page(sortable=False)
+        self.reply(await self.accounts.list_accounts(self.owner, self.params.str("vhost", JID_LENGTH), page))

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from handlers.files import FilesHandler, UploadHandler
 from services.errors import Invalid
-from services.files import UploadMeta
-from storage.ingest import Incoming
 
 
 class AvatarUploadHandler(UploadHandler):
     """POST avatar/upload/: 201 with the avatar and its thumbnails; 415 not a decodable image,
     413 more pixels than allowed."""
 
-    is_avatar = True
-
-    async def store(self, incoming: Incoming, meta: UploadMeta) -> dict:
-        return await self.ctx.avatars.store_upload(self.owner, incoming, meta)
+    always_avatar = True
 
 
 class AvatarsHandler(FilesHandler):
@@ -30,6 +25,6 @@ class AvatarsHandler(FilesHandler):
     DELETE_BY = ("id",)
 
     async def delete(self) -> None:
-        if self.list_param("id") is None and self.str_param("file", 8192) is None:
+        if self.params.list("id") is None and self.params.str("file", 8192) is None:
             raise Invalid("id is required", fields={"id": "required"})
         await super().delete()

@@ -1,23 +1,19 @@
-"""What every API handler shares: the error body, bearer auth, parameters, pagination."""
+"""What every API handler shares: the error body, CORS, bearer auth, parameters."""
 
 from __future__ import annotations
 
-import datetime as dt
-import errno
 import json
 import logging
 import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import ConnectionFailure, PyMongoError
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler
 
-from models.files import SORT_FIELDS, Criteria, Page
-from models.tokens import TokenInfo
-from services.errors import Invalid, ServiceError, Unauthorized
-from storage.ingest import WriteFailed
+from services.accounts import TokenInfo
+from services.errors import DatabaseUnavailable, InsufficientStorage, ServiceError, Unauthorized, classify
+from services.params import Params
 
 if TYPE_CHECKING:
     from services.context import Context
@@ -26,35 +22,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gallery.http")
 access = logging.getLogger("gallery.access")
 
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
-MAX_PER_PAGE = 500
-INT64_MAX = 2**63 - 1  # the largest integer the database stores; larger ones are a 400
-
-
-def _text(value: Any) -> Any:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Invalid("parameters must be UTF-8") from None
-    return value
-
-
-def parse_datetime(name: str, value: str, end_of_day: bool = False) -> dt.datetime:
-    """`YYYY-MM-DD` or ISO 8601 with or without an offset (naive = UTC). A bare date used as an
-    upper bound means the end of that day."""
-    text = value.strip()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            day = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), dt.UTC)
-            return day + dt.timedelta(days=1, milliseconds=-1) if end_of_day else day
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise Invalid(f"{name}: not a date", fields={name: "expected YYYY-MM-DD or an ISO 8601 datetime"}) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type"
+CORS_EXPOSE = "Retry-After, WWW-Authenticate, X-Request-Id"
+CORS_MAX_AGE = "86400"
 
 
 class BaseHandler(RequestHandler):
@@ -62,7 +34,7 @@ class BaseHandler(RequestHandler):
 
     auth = False
     token: TokenInfo | None = None
-    _params: dict[str, list[Any]] | None = None
+    _params: Params | None = None
     _request_id: str | None = None
     bytes_sent = 0
     db_failed = False
@@ -87,10 +59,38 @@ class BaseHandler(RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.allow_origin()
+
+    def allow_origin(self) -> None:
+        """CORS for web clients on other origins (never credentials mode: tokens are headers)."""
+        allowed = self.ctx.settings.server.cors_origins
+        origin = self.request.headers.get("Origin")
+        if "*" in allowed:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        elif origin in allowed:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+        self.set_header("Access-Control-Expose-Headers", CORS_EXPOSE)
 
     async def prepare(self) -> None:
+        self.refuse_unimplemented()
+        if self.request.method == "OPTIONS":
+            return
         if self.auth:
             await self.authenticate()
+
+    def refuse_unimplemented(self) -> None:
+        """405 for a method the route does not have, before anything else is looked at."""
+        method = (self.request.method or "").lower()
+        if getattr(type(self), method, None) is getattr(RequestHandler, method, None):
+            raise HTTPError(405, log_message="method not allowed")
+
+    def options(self, *args: Any) -> None:
+        """A CORS preflight: answered for every route, without authentication."""
+        self.set_header("Access-Control-Allow-Methods", CORS_METHODS)
+        self.set_header("Access-Control-Allow-Headers", CORS_HEADERS)
+        self.set_header("Access-Control-Max-Age", CORS_MAX_AGE)
+        self.no_content()
 
     async def authenticate(self) -> None:
         header = self.request.headers.get("Authorization")
@@ -99,7 +99,7 @@ class BaseHandler(RequestHandler):
         match = _BEARER.match(header)
         if not match:
             raise Unauthorized("expected a bearer token", error="invalid_request")
-        self.token = await self.ctx.tokens.verify(match.group(1))
+        self.token = await self.ctx.accounts.verify_token(match.group(1))
         if self.token is None:
             raise Unauthorized("invalid, expired or revoked token", error="invalid_token")
 
@@ -131,21 +131,18 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = httputil.responses.get(status_code, "error").lower()
         fields = None
-        if isinstance(exc, ServiceError):
-            status_code, message, fields = exc.status, exc.message, exc.fields
-            if exc.retry_after is not None:
-                self.set_header("Retry-After", str(exc.retry_after))
-            if isinstance(exc, Unauthorized):
-                self.set_header("WWW-Authenticate", exc.challenge)
+        known = classify(exc) if exc is not None else None
+        if known is not None:
+            status_code, message, fields = known.status, known.message, known.fields
+            if known.retry_after is not None:
+                self.set_header("Retry-After", str(known.retry_after))
+            if isinstance(known, Unauthorized):
+                self.set_header("WWW-Authenticate", known.challenge)
+            self.db_failed = isinstance(known, DatabaseUnavailable)
         elif isinstance(exc, HTTPError):
             message = exc.log_message or message
             if exc.args[2:]:
                 message = message % exc.args[2:]
-        elif isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
-            status_code, message = 507, "the storage volume is full or not writable"
-        elif isinstance(exc, (ConnectionFailure, PyMongoError)):
-            status_code, message = 503, "database unavailable"
-            self.db_failed = True
         elif status_code >= 500:
             status_code, message = 500, "internal error"
         self.set_status(status_code)
@@ -158,142 +155,31 @@ class BaseHandler(RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, (ServiceError, HTTPError)):
             return
-        if isinstance(value, WriteFailed):
+        known = classify(value)
+        if isinstance(known, InsufficientStorage):
             log.error("storage write failed on %s %s: %s", self.request.method, self.request.path, value)
             return
-        if isinstance(value, PyMongoError):
+        if isinstance(known, DatabaseUnavailable):
             log.warning("database error on %s %s: %s", self.request.method, self.request.path, value)
             return
         super().log_exception(typ, value, tb)
 
     # -- parameters ---------------------------------------------------------------------
-    def params(self) -> dict[str, list[Any]]:
-        """Query string plus body (JSON object, form-encoded or multipart): name -> values."""
-        if self._params is not None:
-            return self._params
-        merged: dict[str, list[Any]] = {}
-        for name, values in self.request.query_arguments.items():
-            merged.setdefault(_text(name), []).extend(_text(v) for v in values)
-        merged.update(self._body_params())
-        self._params = merged
-        return merged
-
-    def _body_params(self) -> dict[str, list[Any]]:
-        body = self.request.body
-        if not body:
-            return {}
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.split(";")[0].strip().lower() == "application/json":
-            try:
-                data = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                raise Invalid("body is not valid JSON") from None
-            if not isinstance(data, dict):
-                raise Invalid("JSON body must be an object")
-            return {str(k): v if isinstance(v, list) else [v] for k, v in data.items()}
-        arguments: dict[str, list[bytes]] = {}
-        files: dict[str, list[httputil.HTTPFile]] = {}
-        httputil.parse_body_arguments(content_type, body, arguments, files, self.request.headers)
-        return {_text(k): [_text(v) for v in values] for k, values in arguments.items()}
-
-    def param(self, name: str) -> Any:
-        values = self.params().get(name)
-        if not values:
-            return None
-        value = values[-1]
-        return None if value == "" else value
-
-    def str_param(self, name: str, max_length: int | None = None) -> str | None:
-        value = self.param(name)
-        if value is None:
-            return None
-        if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise Invalid(f"{name}: expected a string", fields={name: "expected a string"})
-        value = str(value)
-        if "\x00" in value:
-            raise Invalid(f"{name}: contains a NUL character", fields={name: "contains a NUL character"})
-        if max_length is not None and len(value) > max_length:
-            raise Invalid(f"{name}: too long", fields={name: f"at most {max_length} characters"})
-        return value
-
-    def int_param(self, name: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
-        value = self.param(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise Invalid(f"{name}: expected an integer", fields={name: "expected an integer"})
-        try:
-            number = int(value) if isinstance(value, int) else int(value.strip(), 10)
-        except ValueError:
-            raise Invalid(f"{name}: expected an integer", fields={name: "expected an integer"}) from None
-        maximum = INT64_MAX if maximum is None else maximum
-        if (minimum is not None and number < minimum) or number > maximum:
-            bounds = f"between {minimum} and {maximum}" if minimum is not None else f"at most {maximum}"
-            raise Invalid(f"{name}: must be {bounds}", fields={name: f"must be {bounds}"})
-        return number
-
-    def bool_param(self, name: str, default: bool) -> bool:
-        value = self.param(name)
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise Invalid(f"{name}: expected true or false", fields={name: "expected true or false"})
-
-    def list_param(self, name: str) -> list[str] | None:
-        """Repeated parameters, a JSON list, or comma-separated values."""
-        values = [v for v in self.params().get(name, []) if v not in ("", None)]
-        if not values:
-            return None
-        result = []
-        for value in values:
-            if isinstance(value, (dict, list, bool, float)):
-                raise Invalid(f"{name}: expected strings", fields={name: "expected strings"})
-            result.extend(part.strip() for part in str(value).split(",") if part.strip())
-        return result or None
-
-    def date_param(self, name: str, end_of_day: bool = False) -> dt.datetime | None:
-        value = self.str_param(name, 64)
-        return None if value is None else parse_datetime(name, value, end_of_day)
-
-    def criteria(self, *names: str) -> Criteria:
-        """The filters named (a subset of Criteria's fields) from the request."""
-        c = Criteria()
-        for name in names:
-            if name == "id":
-                c.ids = self.list_param("id")
-            elif name in ("media_type", "context"):
-                setattr(c, name, self.str_param(name, 255))
-            elif name in ("date_gte", "date_lte"):
-                setattr(c, name, self.date_param(name, end_of_day=name == "date_lte"))
-            elif name in ("size_gte", "size_lte"):
-                setattr(c, name, self.int_param(name, 0))
-        return c
-
-    def page(self) -> Page:
-        number = self.int_param("page", 1) or 1
-        per_page = self.int_param("obj_per_page", 1, MAX_PER_PAGE) or 50
-        order: list[tuple[str, int]] = []
-        for item in self.list_param("order_by") or ["-created_at"]:
-            key = item.lstrip("-+")
-            if key not in SORT_FIELDS:
-                allowed = ", ".join(SORT_FIELDS)
-                raise Invalid(f"order_by: unknown field {key!r}", fields={"order_by": f"allowed: {allowed}"})
-            order.append((key, -1 if item.startswith("-") else 1))
-        return Page(number, per_page, order)
+    @property
+    def params(self) -> Params:
+        """Query string plus body (JSON object, form-encoded or multipart)."""
+        if self._params is None:
+            headers = self.request.headers
+            self._params = Params.from_request(self.request.query_arguments, headers.get("Content-Type", ""), self.request.body)
+        return self._params
 
 
 def log_request(handler: RequestHandler) -> None:
     """One access-log line per request, and its metrics. Never tokens, codes or file names."""
     status = handler.get_status()
     millis = 1000.0 * handler.request.request_time()
-    if not isinstance(handler, BaseHandler):  # pragma: no cover - every route is a BaseHandler
-        access.info("%s %s %d %.1fms", handler.request.method, handler.request.path, status, millis)
+    if not isinstance(handler, BaseHandler):  # static files of the web page, and Tornado's own answers
+        access.info("method=%s route=%s status=%d ms=%.1f", handler.request.method, type(handler).__name__, status, millis)
         return
     user = handler.token.owner if handler.token else "-"
     access.info(

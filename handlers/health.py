@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from pathlib import Path
 
@@ -16,17 +15,8 @@ OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
 class HealthHandler(BaseHandler):
     async def get(self) -> None:
-        ctx = self.ctx
-        report = {
-            "status": "ok",
-            "db": "ok" if await ctx.db.ping() else "unavailable",
-            "xmpp": ctx.xmpp_state(),
-            "storage": "ok" if await asyncio.to_thread(ctx.store.check) else "unavailable",
-        }
-        failing = report["db"] != "ok" or report["storage"] != "ok" or report["xmpp"] not in ("connected", "disabled")
-        if failing:
-            report["status"] = "unavailable"
-        self.reply(report, 503 if failing else 200)
+        report, healthy = await self.ctx.health.report()
+        self.reply(report, 200 if healthy else 503)
 
 
 class MetricsHandler(BaseHandler):

@@ -40,6 +40,7 @@ class Avatar:
     side: int = 0
     size: int = 0
     md5: str = ""
+    sha1: str = ""
     sha256: str = ""
 
     @property

@@ -27,7 +27,6 @@ from typing import Any
 from PIL import Image, ImageCms, ImageOps
 
 from imaging import video
-from storage.local import fsync_dir
 
 try:  # HEIC/HEIF (iPhone photos), when the optional pillow-heif package is installed
     from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
@@ -57,7 +56,7 @@ THUMB_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
 AVATAR_FORMATS = {**THUMB_FORMATS, "GIF": "GIF"}
 
 
-class TooLarge(Exception):
+class TooManyPixels(Exception):
     """More pixels than the limit allows."""
 
 
@@ -79,7 +78,7 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(path, formats=DECODERS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise TooLarge from None
+        raise TooManyPixels from None
     except Exception:  # any decoder failure means "not an image we can read"
         raise Undecodable from None
     width, height = im.size
@@ -88,7 +87,7 @@ def open_image(path: str | Path, max_pixels: int) -> Image.Image:
         raise Undecodable
     if width * height > max_pixels:
         im.close()
-        raise TooLarge
+        raise TooManyPixels
     return im
 
 
@@ -141,7 +140,7 @@ def decode(im: Image.Image, target: int | None) -> tuple[Image.Image, tuple[int,
     try:
         im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise TooLarge from None
+        raise TooManyPixels from None
     except Exception:  # truncated, corrupt, unsupported variant: all undecodable
         raise Undecodable from None
     try:
@@ -229,7 +228,6 @@ def _thumbnails(
             write(small, out_dir / name, "WEBP", icc if small.mode in ("RGB", "RGBA") else None)
             made.append({"size": size, "file": name, "media_type": "image/webp", "width": size, "height": size})
         out["variants"] = made
-    fsync_dir(out_dir)
     return out
 
 
@@ -260,7 +258,7 @@ def derive(source: str, media_type: str, out_dir: str, thumbnail: bool, variants
                     pic, upright, icc = decode(im, target)
                 result["width"], result["height"] = upright
             result.update(_thumbnails(pic, upright, fmt, icc, Path(out_dir), thumbnail, variants))
-    except (TooLarge, Undecodable, video.VideoError):
+    except (TooManyPixels, Undecodable, video.VideoError):
         result["thumbnail"] = None
     return result
 
@@ -286,7 +284,7 @@ def avatar(source: str, out: str, max_side: int, max_pixels: int) -> dict:
         with _guarded(max_pixels), open_image(source, max_pixels) as im:
             fmt = AVATAR_FORMATS.get(im.format or "", "PNG")
             pic, _, icc = decode(im, max_side)
-    except TooLarge:
+    except TooManyPixels:
         return {"status": "too_large"}
     except Undecodable:
         return {"status": "undecodable"}
@@ -300,7 +298,7 @@ def avatar(source: str, out: str, max_side: int, max_pixels: int) -> dict:
     options = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
     path = Path(out)
     write(pic, path, fmt, icc, **options)
-    size, md5, sha256 = digest(path)
+    size, md5, sha1, sha256 = digest(path)
     media_type, extension, _ = OUTPUTS[fmt]
     return {
         "status": "ok",
@@ -309,17 +307,20 @@ def avatar(source: str, out: str, max_side: int, max_pixels: int) -> dict:
         "side": side,
         "size": size,
         "md5": md5,
+        "sha1": sha1,
         "sha256": sha256,
     }
 
 
-def digest(path: Path) -> tuple[int, str, str]:
+def digest(path: Path) -> tuple[int, str, str, str]:
     md5 = hashlib.md5(usedforsecurity=False)
+    sha1 = hashlib.sha1(usedforsecurity=False)
     sha256 = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             size += len(chunk)
             md5.update(chunk)
+            sha1.update(chunk)
             sha256.update(chunk)
-    return size, md5.hexdigest(), sha256.hexdigest()
+    return size, md5.hexdigest(), sha1.hexdigest(), sha256.hexdigest()

@@ -28,6 +28,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]),
         IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
+        IndexModel([("owner", ASCENDING), ("sha1", ASCENDING)]),
         IndexModel([("sha256", ASCENDING)]),
     ],
     "blobs": [IndexModel([("refs", ASCENDING)])],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from dataclasses import dataclass, field
 
 from bson import ObjectId
 from bson.errors import InvalidId
@@ -19,14 +18,15 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from models.criteria import SORT_FIELDS, Criteria, Page
 from models.db import utcnow
 
 log = logging.getLogger("gallery.files")
 
-SORT_FIELDS = {"id": "_id", "created_at": "created_at", "size": "size", "name": "name", "media_type": "media_type"}
+DIGEST_FIELDS = {32: "md5", 40: "sha1", 64: "sha256"}  # hex length -> field
+
 BUCKET_NAMES = ("images", "videos", "voices", "files", "avatars")
 _BUCKET_PREFIXES = (("image/", "images"), ("video/", "videos"), ("audio/", "voices"))
-NEWEST_FIRST = [("created_at", -1)]  # the default order
 # Newest-first pages are read through a window on created_at that grows until it holds the page:
 # the first spans this long, each next one up to 64 times longer, at most this many, never before
 # WINDOW_FLOOR; past that, one plain sorted query.
@@ -44,27 +44,6 @@ def bucket_of(media_type: str, is_avatar: bool) -> str:
 
 def _zero_counts() -> dict[str, dict[str, int]]:
     return {name: {"count": 0, "used": 0} for name in BUCKET_NAMES}
-
-
-@dataclass
-class Criteria:
-    """What a list, stats or delete request selects among one owner's files."""
-
-    ids: list[str] | None = None
-    slot_id: str | None = None
-    media_type: str | None = None
-    context: str | None = None
-    date_gte: dt.datetime | None = None
-    date_lte: dt.datetime | None = None
-    size_gte: int | None = None
-    size_lte: int | None = None
-
-
-@dataclass
-class Page:
-    number: int = 1
-    per_page: int = 50
-    order: list[tuple[str, int]] = field(default_factory=lambda: [("created_at", -1)])
 
 
 def _object_ids(ids: list[str]) -> list[ObjectId]:
@@ -117,26 +96,17 @@ class Files:
     async def by_slot(self, slot_id: str) -> dict | None:
         return await self.c.find_one({"slot_id": slot_id})
 
-    async def owned(self, owner: str, file_id: str, is_avatar: bool | None = None) -> dict | None:
-        ids = _object_ids([file_id])
-        if not ids:
-            return None
-        q: dict = {"_id": ids[0], "owner": owner}
-        if is_avatar is not None:
-            q["is_avatar"] = is_avatar
-        return await self.c.find_one(q)
-
-    async def with_content(self, owner: str, size: int, *, sha256: str | None = None, md5: str | None = None) -> dict | None:
-        """One of `owner`'s files with this content, if any (for slot dedup). The query names
-        exactly the (owner, digest) index and the size is compared here: with `size` in the query
-        a database without index intersection reads every file of the owner."""
-        q = {"owner": owner, "sha256": sha256} if sha256 else {"owner": owner, "md5": md5}
-        doc = await self.c.find_one(q)
+    async def with_content(self, owner: str, size: int, digest: str) -> dict | None:
+        """One of `owner`'s files with this content (md5, sha1 or sha256 hex), if any (for slot
+        dedup). The query names exactly the (owner, digest) index and the size is compared here:
+        with `size` in the query a database without index intersection reads every file of the
+        owner."""
+        doc = await self.c.find_one({"owner": owner, DIGEST_FIELDS[len(digest)]: digest})
         return doc if doc is not None and doc["size"] == size else None
 
     async def page(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool) -> tuple[int, list[dict]]:
         q = query(owner, criteria, is_avatar)
-        if criteria == Criteria():  # unfiltered: the total is the owner's counter
+        if criteria.empty:  # unfiltered: the total is the owner's counter
             counts = await self.counts(owner)
             names = ("avatars",) if is_avatar else BUCKET_NAMES[:4]
             total = sum(counts[name]["count"] for name in names)
@@ -145,10 +115,10 @@ class Files:
         sort = [(SORT_FIELDS[name], ASCENDING if direction > 0 else DESCENDING) for name, direction in page.order]
         if not any(key == "_id" for key, _ in sort):
             sort.append(("_id", sort[-1][1] if sort else DESCENDING))
-        skip = (page.number - 1) * page.per_page
+        skip = page.skip
         if skip >= total:
             return total, []
-        if page.order == NEWEST_FIRST and criteria == Criteria(date_gte=criteria.date_gte, date_lte=criteria.date_lte):
+        if page.newest_first and criteria.dates_only:
             return total, await self._newest_first(q, sort, skip, min(skip + page.per_page, total))
         cursor = self.c.find(q).sort(sort).skip(skip).limit(page.per_page)
         return total, await cursor.to_list()

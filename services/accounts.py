@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models.codes import DIGITS, Codes, Issued, Outcome
-from models.files import Criteria, Files, Page
+from models.criteria import Criteria, Page
+from models.files import Files
 from models.ratelimits import RateLimits
-from models.tokens import Tokens
-from models.users import Quota, Users
+from models.tokens import TokenInfo, Tokens
+from models.users import Users
+from services import render
 from services.errors import Forbidden, Invalid, NotFound, RateLimited, Unavailable
-from services.files import FileManager, Listing
+from services.files import FileManager
 from services.render import iso
 from xmpp import jids
 from xmpp.client import XmppUnavailable
@@ -252,13 +254,12 @@ class AccountManager:
         if quota is None:
             raise NotFound("no such user")
         log.info("%s set the quota of %s to %d bytes", caller, jid, value)
-        return self.quota_body(jid, quota)
+        return render.quota(quota, jid=jid)
 
-    @staticmethod
-    def quota_body(jid: str, quota: Quota) -> dict:
-        return {"jid": jid, "quota": quota.quota, "used": quota.used, "available": quota.available}
+    async def quota(self, owner: str) -> dict:
+        return render.quota(await self.users.quota(owner))
 
-    async def list_accounts(self, caller: str, vhost: str | None, page: Page) -> Listing:
+    async def list_accounts(self, caller: str, vhost: str | None, page: Page) -> dict:
         self.require_admin(caller)
         domain = None
         if vhost is not None:
@@ -282,7 +283,7 @@ class AccountManager:
                     "last_login": iso(doc.get("last_login")),
                 }
             )
-        return Listing(total, page, items)
+        return render.listing(total, page, items)
 
     async def _file_counts(self, owner: str) -> tuple[int, int]:
         """(files, avatars) of one owner."""
@@ -293,3 +294,7 @@ class AccountManager:
             else:
                 files += row["count"]
         return files, avatars
+
+    async def verify_token(self, token: str) -> TokenInfo | None:
+        """The live token behind a bearer credential; None when unknown, expired or revoked."""
+        return await self.tokens.verify(token)

@@ -9,23 +9,23 @@ an avatar uploaded twice shares one set. Nothing is stored for an upload that is
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 from pathlib import Path
 
 from imaging import AVATAR_SIDE, AVATAR_SIZES, Imaging
-from services.errors import TooLargeError, Unsupported
+from services.errors import TooLarge, Unsupported
 from services.files import FileManager, UploadMeta, Written
+from storage import ContentStore
 from storage.content import clean_name, media_type
-from storage.ingest import Incoming
-from storage.local import BlobStore
+from storage.ingest import Digests, Incoming
 
 log = logging.getLogger("gallery.avatars")
 
 
 class AvatarManager:
-    def __init__(self, files: FileManager, imaging: Imaging, store: BlobStore) -> None:
-        self.files = files
+    def __init__(self, file_manager: FileManager, imaging: Imaging, store: ContentStore) -> None:
+        self.file_manager = file_manager
         self.imaging = imaging
         self.store = store
 
@@ -39,26 +39,27 @@ class AvatarManager:
             kind = media_type(bytes(incoming.head), None)  # sniffed; a declared type does not count
             if not kind.startswith("image/"):
                 raise Unsupported(f"an avatar must be an image, not {kind}")
-            fd, out = self.store.new_temp()
-            os.close(fd)
-            made = await self.imaging.avatar(Path(incoming.path), out, AVATAR_SIDE)
+            out = await asyncio.to_thread(self.store.staging_file)
+            assert incoming.sink is not None
+            async with self.store.sink_file(incoming.sink) as source:
+                made = await self.imaging.avatar(source, out, AVATAR_SIDE)
         except BaseException:
             if out is not None:
                 out.unlink(missing_ok=True)
             raise
         finally:
             await incoming.discard()
-        assert out is not None
         if not made.ok:
             out.unlink(missing_ok=True)
             if made.status == "too_large":
-                raise TooLargeError("image has more pixels than allowed")
+                raise TooLarge(message="image has more pixels than allowed")
             raise Unsupported("the image could not be decoded")
         meta.name = with_extension(clean_name(meta.name), made.extension)
         meta.is_avatar = True
         sizes = tuple(s for s in AVATAR_SIZES if s < made.side) if meta.create_thumbnails else ()
-        written = Written(out, made.md5, made.sha256, made.size, made.media_type)
-        doc = await self.files.commit(owner, written, meta, sizes)
+        sink = await self.store.adopt(out)
+        written = Written(sink, Digests(made.md5, made.sha1, made.sha256), made.size, made.media_type)
+        doc = await self.file_manager.commit(owner, written, meta, sizes)
         log.info("stored avatar", extra={"user": owner, "slot_id": doc["slot_id"], "side": made.side})
         return doc
 

@@ -1,4 +1,6 @@
-"""The context every handler reaches through `self.ctx`: settings and the pluggable parts."""
+"""What the service is made of: its parts (database, models, store, imaging, XMPP) and the
+managers built on them. Handlers see the managers only (`Context`); the parts are the managers'
+and the maintenance commands'."""
 
 from __future__ import annotations
 
@@ -13,20 +15,20 @@ from models.ratelimits import RateLimits
 from models.tokens import Tokens
 from models.users import Users
 from services.accounts import AccountManager
-from services.admission import UploadGate
 from services.avatars import AvatarManager
 from services.files import FileManager
+from services.health import HealthManager
 from services.metrics import Metrics
 from settings import Settings
-from storage.local import BlobStore
+from storage import ContentStore
 from xmpp.client import XmppClient
 
 
 @dataclass
-class Context:
+class Parts:
     settings: Settings
     db: Database
-    store: BlobStore
+    store: ContentStore
     imaging: Imaging = field(default_factory=NoImaging)
     xmpp: XmppClient | None = None  # the XMPP client, when one is configured (server.py starts it)
 
@@ -36,15 +38,33 @@ class Context:
         self.tokens = Tokens(self.db.tokens, s.auth.token_ttl)
         self.files = Files(self.db.files)
         self.blobs = Blobs(self.db.blobs)
-        self.ratelimits = RateLimits(self.db.ratelimits)
-        self.metrics = Metrics(self.xmpp_state)
-        self.upload_gate = UploadGate(s.limits.concurrent_uploads_per_user, s.limits.concurrent_uploads)
-        self.file_manager = FileManager(self.files, self.blobs, self.users, self.store, self.imaging, s.public_url)
-        self.avatars = AvatarManager(self.file_manager, self.imaging, self.store)
         self.codes = Codes(self.db.codes, s.auth.code_ttl, s.auth.code_interval)
-        self.accounts = AccountManager(
-            s, self.users, self.tokens, self.codes, self.ratelimits, self.files, self.file_manager, self.xmpp
-        )
+        self.ratelimits = RateLimits(self.db.ratelimits)
 
     def xmpp_state(self) -> str:
         return "disabled" if self.xmpp is None else self.xmpp.state
+
+
+@dataclass
+class Context:
+    """What every handler reaches through `self.ctx`: settings and the managers."""
+
+    settings: Settings
+    files: FileManager
+    avatars: AvatarManager
+    accounts: AccountManager
+    health: HealthManager
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, p: Parts) -> Context:
+        s = p.settings
+        files = FileManager(p.files, p.blobs, p.users, p.ratelimits, p.store, p.imaging, s.limits, s.public_url)
+        return cls(
+            settings=s,
+            files=files,
+            avatars=AvatarManager(files, p.imaging, p.store),
+            accounts=AccountManager(s, p.users, p.tokens, p.codes, p.ratelimits, p.files, files, p.xmpp),
+            health=HealthManager(p.db, p.store, p.xmpp_state),
+            metrics=Metrics(p.xmpp_state),
+        )

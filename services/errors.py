@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
+from pymongo.errors import PyMongoError
+
+from storage import WriteFailed
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+
 
 class ServiceError(Exception):
     status = 400
@@ -41,8 +49,14 @@ class NotFound(ServiceError):
         super().__init__(message)
 
 
-class TooLargeError(ServiceError):
+class TooLarge(ServiceError):
+    """413: more bytes than one file may have (the one place this message is made)."""
+
     status = 413
+
+    def __init__(self, limit: int | None = None, message: str | None = None) -> None:
+        super().__init__(message or f"file too large: at most {limit} bytes")
+        self.limit = limit
 
 
 class Unsupported(ServiceError):
@@ -65,3 +79,20 @@ class InsufficientStorage(ServiceError):
 
     def __init__(self, message: str = "the storage volume is full or not writable") -> None:
         super().__init__(message)
+
+
+class DatabaseUnavailable(Unavailable):
+    def __init__(self) -> None:
+        super().__init__("database unavailable")
+
+
+def classify(exc: BaseException) -> ServiceError | None:
+    """The contract's answer to a failure of a dependency (database down → 503, the storage
+    volume full or failing → 507); None for anything else (a bug: 500)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
+        return InsufficientStorage()
+    if isinstance(exc, PyMongoError):
+        return DatabaseUnavailable()
+    return None

@@ -1,32 +1,39 @@
-"""The file manager: the crash-safe storage protocol and every operation on a user's files."""
+"""The file manager: upload admission, the crash-safe storage protocol, and every operation on a
+user's files. Every route that takes an upload (REST today, XEP-0363 PUTs, resumable uploads)
+asks `admit` first and stores through `store_upload`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-import math
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from bson import ObjectId
 
 from imaging import Derived, Imaging
 from models.blobs import Blobs
+from models.criteria import Criteria, Page
 from models.db import utcnow
-from models.files import Criteria, Files, Page
+from models.files import BUCKET_NAMES, Files, bucket_of
+from models.ratelimits import RateLimits
 from models.users import Quota, Users
-from services.errors import NotFound, QuotaExceeded
-from services.render import file_object, thumb_name, variant_name
+from services import render
+from services.admission import UploadGate
+from services.errors import QuotaExceeded, RateLimited, TooLarge
+from settings import LimitsSettings
+from storage import ContentStore, Sink
 from storage.content import clean_name, media_type
-from storage.ingest import Incoming
-from storage.local import BlobStore
+from storage.ingest import Digests, Incoming, Overflow
+
+__all__ = ["Admission", "Download", "FileManager", "Incoming", "Overflow", "UploadMeta"]
 
 log = logging.getLogger("gallery.files")
-
-BUCKETS = (("image/", "images"), ("video/", "videos"), ("audio/", "voices"))
 
 
 @dataclass
@@ -41,20 +48,20 @@ class UploadMeta:
 
 @dataclass
 class Written:
-    """A complete, fsync'd temp file on the storage volume, ready to be committed."""
+    """Complete, durable bytes in a sink of the store, ready to be committed."""
 
-    path: Path
-    md5: str
-    sha256: str
+    sink: Sink
+    digests: Digests
     size: int
     media_type: str
 
 
 @dataclass
 class Download:
-    """One servable file behind a /media/<slot_id>/<name> URL."""
+    """One servable file behind a /media/<slot_id>/<name> URL: content, or a derived image."""
 
-    path: Path
+    sha256: str
+    derived: str | None  # the derived image's name in the store; None: the content itself
     media_type: str
     name: str
     etag: str
@@ -63,97 +70,164 @@ class Download:
 
 
 @dataclass
-class Listing:
-    total: int
-    page: Page
-    items: list[dict] = field(default_factory=list)
+class Admission:
+    """An upload allowed to start: at most `limit` bytes. `close()` when the request ends."""
 
-    def as_json(self) -> dict:
-        return {
-            "total_pages": math.ceil(self.total / self.page.per_page),
-            "total_objects": self.total,
-            "obj_per_page": self.page.per_page,
-            "page": self.page.number,
-            "items": self.items,
-        }
+    owner: str
+    limit: int
+    quota: Quota
+    gate: UploadGate
+
+    def __post_init__(self) -> None:
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.gate.leave(self.owner)
 
 
 class FileManager:
-    def __init__(self, files: Files, blobs: Blobs, users: Users, store: BlobStore, imaging: Imaging, public_url: str) -> None:
-        self.files = files
-        self.blobs = blobs
-        self.users = users
+    def __init__(
+        self,
+        files: Files,
+        blobs: Blobs,
+        users: Users,
+        ratelimits: RateLimits,
+        store: ContentStore,
+        imaging: Imaging,
+        limits: LimitsSettings,
+        public_url: str,
+    ) -> None:
+        self._files = files
+        self._blobs = blobs
+        self._users = users
+        self._ratelimits = ratelimits
         self.store = store
         self.imaging = imaging
+        self.limits = limits
         self.public_url = public_url
+        self.gate = UploadGate(limits.concurrent_uploads_per_user, limits.concurrent_uploads)
+        self._locks: dict[str, asyncio.Lock] = {}
 
-    def render(self, doc: dict) -> dict:
-        return file_object(doc, self.public_url)
-
-    def with_quota(self, obj: dict, quota: Quota) -> dict:
-        obj["used"] = quota.used
-        obj["quota"] = quota.quota
+    # -- answers ---------------------------------------------------------------------------
+    def render(self, doc: dict, quota: Quota | None = None) -> dict:
+        obj = render.file_object(doc, self.public_url)
+        if quota is not None:
+            obj.update(render.quota(quota, available=False))
         return obj
 
-    # -- create -------------------------------------------------------------------------
-    async def store_upload(self, owner: str, incoming: Incoming, meta: UploadMeta) -> dict:
-        """Commit a fully received upload: reserve quota, reference the blob, insert the file.
-        The temp file is consumed (moved into place or removed) whatever happens."""
+    async def quota(self, owner: str) -> Quota:
+        return await self._users.quota(owner)
+
+    # -- admission -------------------------------------------------------------------------
+    def check_size(self, size: int | None) -> None:
+        if size is not None and size > self.limits.max_file_size:
+            raise TooLarge(self.limits.max_file_size)
+
+    async def admit(self, owner: str, *, length: int | None = None, declared: int | None = None, slack: int = 0) -> Admission:
+        """May `owner` start an upload now? `length`: the request body's size when known
+        (`slack` of it is framing), `declared`: the file's size when the client said it. Refuses
+        with 413 (too large), 403 (quota), 429 (rate limit, or too many of theirs at once) or
+        503 (too many uploads at once)."""
+        self.gate.enter(owner)
         try:
-            md5, sha256 = await incoming.finish()
+            self.check_size(declared)
+            self.check_size(None if length is None else length - slack)
+            quota = await self._users.quota(owner)
+            if (length is not None and length - slack > quota.available) or (declared or 0) > quota.available:
+                raise QuotaExceeded()
+            wait = await self._ratelimits.hit(f"upload:{owner}", self.limits.uploads_per_window, self.limits.upload_window)
+            if wait is not None:
+                raise RateLimited("too many uploads", wait)
+        except BaseException:
+            self.gate.leave(owner)
+            raise
+        return Admission(owner, min(self.limits.max_file_size, quota.available), quota, self.gate)
+
+    def overflow(self, admission: Admission, received: int) -> TooLarge | QuotaExceeded:
+        """What to answer when an upload's bytes pass its admission's limit."""
+        return TooLarge(self.limits.max_file_size) if received > self.limits.max_file_size else QuotaExceeded()
+
+    def incoming(self, admission: Admission) -> Incoming:
+        """Where the admitted upload's bytes go."""
+        return Incoming(self.store, admission.limit)
+
+    async def slot(self, owner: str, digest: str, size: int, name: str | None) -> tuple[dict | None, Quota]:
+        """files/slot/: may `owner` upload this? When they already own that content, a new file
+        for it is made without an upload and returned."""
+        self.check_size(size)
+        quota = await self._users.quota(owner)
+        if size > quota.available:
+            raise QuotaExceeded()
+        existing = await self._files.with_content(owner, size, digest)
+        if existing is not None:
+            doc = await self._link_existing(owner, existing, name)
+            if doc is not None:
+                return doc, await self._users.quota(owner)
+        return None, quota
+
+    # -- create ----------------------------------------------------------------------------
+    async def store_upload(self, owner: str, incoming: Incoming, meta: UploadMeta) -> dict:
+        """Commit a fully received upload: reserve quota, reference the content, insert the file.
+        The upload's bytes are consumed (kept or dropped) whatever happens."""
+        try:
+            digests = await incoming.finish()
             kind = media_type(bytes(incoming.head), meta.declared_type)
         except BaseException:
             await incoming.discard()
             raise
-        return await self.commit(owner, Written(Path(incoming.path), md5, sha256, incoming.size, kind), meta)
+        assert incoming.sink is not None
+        return await self.commit(owner, Written(incoming.sink, digests, incoming.size, kind), meta)
 
     async def commit(self, owner: str, written: Written, meta: UploadMeta, variants: Sequence[int] = ()) -> dict:
-        """Commit a complete, fsync'd temp file on the storage volume (an upload, or content made
-        from one, like an avatar): reserve quota, reference the blob, insert the file. The temp file
-        is consumed (moved into place or removed) whatever happens. `variants`: the sides of the
-        square WebP images (avatar thumbnails) to make with the blob's derived images."""
+        """Commit complete, durable bytes (an upload, or content made from one, like an avatar):
+        reserve quota, reference the content, insert the file. The sink is consumed whatever
+        happens. `variants`: the sides of the square WebP images (avatar thumbnails) to make
+        with the content's derived images."""
         size, reserved = written.size, False
         try:
-            reserved = await self.users.reserve(owner, size)
+            reserved = await self._users.reserve(owner, size)
             if not reserved:
                 raise QuotaExceeded()
             derived = await self._reference(written, meta.create_thumbnails, variants)
         except BaseException:
-            written.path.unlink(missing_ok=True)
+            await asyncio.to_thread(written.sink.discard)
             if reserved:
-                await self.users.release(owner, size)
+                await self._users.release(owner, size)
             raise
-        doc = self._new_doc(owner, meta.name, written.sha256, written.md5, size, written.media_type, derived, meta)
+        doc = self._new_doc(owner, meta.name, written.digests, size, written.media_type, derived, meta)
         await self._insert(doc)
         log.info("stored upload", extra={"user": owner, "slot_id": doc["slot_id"], "size": size})
         return doc
 
-    async def link_existing(self, owner: str, existing: dict, name: str | None) -> dict | None:
+    async def _link_existing(self, owner: str, existing: dict, name: str | None) -> dict | None:
         """A new file for content the owner already has (slot dedup); None if that content is no
         longer stored."""
         size = existing["size"]
-        if not await self.users.reserve(owner, size):
+        if not await self._users.reserve(owner, size):
             raise QuotaExceeded()
         sha256 = existing["sha256"]
-        async with self.store.locked(sha256):
-            before = await self.blobs.acquire(sha256, existing["md5"], size, existing["media_type"])
-            if before is None or not self.store.blob_path(sha256).exists():
-                await self._drop_reference(sha256, locked=True)
-                await self.users.release(owner, size)
+        async with self._locked(sha256):
+            before = await self._blobs.acquire(sha256, existing["md5"], size, existing["media_type"])
+            if before is None or await self.store.size(sha256) is None:
+                await self._release_blob(sha256)
+                await self._users.release(owner, size)
                 return None
         derived = Derived(existing.get("width"), existing.get("height"), existing.get("thumbnail"))
         meta = UploadMeta(context=existing.get("context"), metadata=existing.get("metadata"))
-        doc = self._new_doc(owner, name, sha256, existing["md5"], size, existing["media_type"], derived, meta)
+        digests = Digests(existing["md5"], existing.get("sha1", ""), sha256)
+        doc = self._new_doc(owner, name, digests, size, existing["media_type"], derived, meta)
         await self._insert(doc)
         return doc
 
     async def _reference(self, written: Written, thumbnails: bool, variants: Sequence[int] = ()) -> Derived:
-        """Reference the blob (placing the temp file if the content is new) and return its derived
+        """Reference the content (keeping the new bytes if it is new) and return its derived
         images, made once per content (in the imaging pool) and shared by every file that has it."""
-        sha256 = written.sha256
-        async with self.store.locked(sha256):
-            before = await self.blobs.acquire(sha256, written.md5, written.size, written.media_type)
-            await self.store.place(written.path, sha256)
+        sha256 = written.digests.sha256
+        async with self._locked(sha256):
+            before = await self._blobs.acquire(sha256, written.digests.md5, written.size, written.media_type)
+            await self.store.commit(written.sink, sha256)
             derived = (before or {}).get("derived")
             old = derived or {}
             want_thumb = thumbnails and old.get("thumbnail") is None and not old.get("tried")
@@ -161,27 +235,42 @@ class FileManager:
             if derived is None or want_thumb or want_variants:
                 thumb = thumbnails or bool(old.get("tried"))  # keep what an earlier upload asked for
                 sizes = tuple(variants) or tuple(v["size"] for v in old.get("variants") or ())
-                path, out_dir = self.store.blob_path(sha256), self.store.thumb_dir(sha256)
-                result = await self.imaging.derive(path, written.media_type, out_dir, thumb, sizes)
+                result = await self._derive(sha256, written.media_type, thumb, sizes)
                 derived = {**result.as_doc(), "tried": thumb}
                 # Nothing learnt about new content the imaging never looks at (neither an image
                 # nor a video): no need to remember it, and one write less for most uploads.
                 if before is not None or result != Derived() or written.media_type.startswith(("image/", "video/")):
-                    await self.blobs.set_meta(sha256, {"derived": derived})
+                    await self._blobs.set_meta(sha256, {"derived": derived})
         thumbnail = derived.get("thumbnail") if thumbnails else None
         made = derived.get("variants") if variants else None
         return Derived(derived.get("width"), derived.get("height"), thumbnail, made)
 
+    async def _derive(self, sha256: str, kind: str, thumbnail: bool, variants: Sequence[int]) -> Derived:
+        """Have the imaging make the content's derived images in a staging directory, then put
+        each into the store."""
+        if not kind.startswith(("image/", "video/")):
+            return Derived()  # nothing the imaging looks at
+        out = await asyncio.to_thread(self.store.staging_dir)
+        try:
+            async with self.store.local_copy(sha256) as source:
+                result = await self.imaging.derive(source, kind, out, thumbnail, variants)
+            for item in [result.thumbnail, *(result.variants or ())]:
+                if item:
+                    await self.store.put_derived(sha256, item["file"], out / item["file"])
+        finally:
+            await asyncio.to_thread(shutil.rmtree, out, True)
+        return result
+
     def _new_doc(
-        self, owner: str, name: str | None, sha256: str, md5: str, size: int, kind: str, derived: Derived, meta: UploadMeta
+        self, owner: str, name: str | None, digests: Digests, size: int, kind: str, derived: Derived, meta: UploadMeta
     ) -> dict:
         doc = {
             "_id": ObjectId(),
             "owner": owner,
             "slot_id": secrets.token_urlsafe(18),
             "name": clean_name(name),
-            "sha256": sha256,
-            "md5": md5,
+            "sha256": digests.sha256,
+            "md5": digests.md5,
             "size": size,
             "media_type": kind,
             "is_avatar": meta.is_avatar,
@@ -192,53 +281,45 @@ class FileManager:
             "height": derived.height,
             "created_at": utcnow(),
         }
+        if digests.sha1:
+            doc["sha1"] = digests.sha1
         if meta.is_avatar:  # the avatar's WebP thumbnails, named after this file
-            doc["thumbnails"] = [{**v, "name": variant_name(v["size"], doc["name"])} for v in derived.variants or ()]
+            doc["thumbnails"] = [{**v, "name": render.variant_name(v["size"], doc["name"])} for v in derived.variants or ()]
         return doc
 
     async def _insert(self, doc: dict) -> None:
         try:
-            await self.files.insert(doc)
+            await self._files.insert(doc)
         except BaseException:
             await self._drop_reference(doc["sha256"])
-            await self.users.release(doc["owner"], doc["size"])
+            await self._users.release(doc["owner"], doc["size"])
             raise
 
-    # -- read ---------------------------------------------------------------------------
-    async def get(self, owner: str, file_id: str, is_avatar: bool | None = None) -> dict:
-        doc = await self.files.owned(owner, file_id, is_avatar)
-        if doc is None:
-            raise NotFound()
-        return doc
-
-    async def list(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool = False) -> Listing:
-        total, docs = await self.files.page(owner, criteria, page, is_avatar)
-        return Listing(total, page, [self.render(doc) for doc in docs])
+    # -- read ------------------------------------------------------------------------------
+    async def list(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool = False) -> dict:
+        total, docs = await self._files.page(owner, criteria, page, is_avatar)
+        return render.listing(total, page, [self.render(doc) for doc in docs])
 
     async def stats(self, owner: str, criteria: Criteria) -> dict:
-        if criteria == Criteria():  # unfiltered: the owner's counters and quota, two point reads
-            counts, quota = await asyncio.gather(self.files.counts(owner), self.users.quota(owner))
-            total = {key: sum(bucket[key] for bucket in counts.values()) for key in ("count", "used")}
-            return {**counts, "total": total, "quota": quota.quota, "used": quota.used}
-        buckets = {name: {"count": 0, "used": 0} for name in ("images", "videos", "voices", "files", "avatars", "total")}
-        for row in await self.files.usage(owner, criteria):
-            if row["is_avatar"]:
-                name = "avatars"
-            else:
-                name = next((b for prefix, b in BUCKETS if row["media_type"].startswith(prefix)), "files")
-            for bucket in (name, "total"):
-                buckets[bucket]["count"] += row["count"]
-                buckets[bucket]["used"] += row["used"]
-        quota = await self.users.quota(owner)
-        return {**buckets, "quota": quota.quota, "used": quota.used}
+        if criteria.empty:  # unfiltered: the owner's counters and quota, two point reads
+            counts, quota = await asyncio.gather(self._files.counts(owner), self._users.quota(owner))
+        else:
+            counts = {name: {"count": 0, "used": 0} for name in BUCKET_NAMES}
+            for row in await self._files.usage(owner, criteria):
+                bucket = counts[bucket_of(row["media_type"], row["is_avatar"])]
+                bucket["count"] += row["count"]
+                bucket["used"] += row["used"]
+            quota = await self._users.quota(owner)
+        total = {key: sum(bucket[key] for bucket in counts.values()) for key in ("count", "used")}
+        return {**counts, "total": total, **render.quota(quota, available=False)}
 
     async def download(self, slot_id: str, name: str) -> Download | None:
-        """What /media/<slot_id>/<name> serves, with its size on the volume; None when the link
-        or the stored file does not exist."""
+        """What /media/<slot_id>/<name> serves, with its stored size; None when the link or the
+        stored bytes do not exist."""
         found = await self._find_download(slot_id, name)
         if found is None:
             return None
-        size = await self.store.size(found.path)
+        size = await self.store.size(found.sha256, found.derived)
         if size is None:
             return None
         found.size = size
@@ -246,48 +327,58 @@ class FileManager:
 
     async def _find_download(self, slot_id: str, name: str) -> Download | None:
         """The content behind the link, or one of its derived images."""
-        doc = await self.files.by_slot(slot_id)
+        doc = await self._files.by_slot(slot_id)
         if doc is None:
             return None
         sha256, created = doc["sha256"], doc["created_at"]
         if name == doc["name"]:
-            return Download(self.store.blob_path(sha256), doc["media_type"], name, f'"{sha256}"', created)
+            return Download(sha256, None, doc["media_type"], name, f'"{sha256}"', created)
         thumbnail = doc.get("thumbnail")
-        if thumbnail and name == thumb_name(doc["name"]):
+        if thumbnail and name == render.thumb_name(doc["name"]):
             return self._derived(sha256, thumbnail, name, created)
         for variant in doc.get("thumbnails") or ():
             if name == variant["name"]:
                 return self._derived(sha256, variant, name, created)
         return None
 
-    def _derived(self, sha256: str, item: dict, name: str, created: dt.datetime) -> Download:
-        path = self.store.thumb_dir(sha256) / item["file"]
-        return Download(path, item["media_type"], name, f'"{sha256}-{item["file"]}"', created)
+    @staticmethod
+    def _derived(sha256: str, item: dict, name: str, created: dt.datetime) -> Download:
+        return Download(sha256, item["file"], item["media_type"], name, f'"{sha256}-{item["file"]}"', created)
 
-    async def find_for_slot(self, owner: str, size: int, digest: str) -> dict | None:
-        if len(digest) == 64:
-            return await self.files.with_content(owner, size, sha256=digest)
-        return await self.files.with_content(owner, size, md5=digest)
+    def read(self, found: Download, start: int, length: int) -> AsyncIterator[memoryview]:
+        return self.store.read(found.sha256, start, length, found.derived)
 
-    # -- delete -------------------------------------------------------------------------
+    def accel_path(self, found: Download) -> str | None:
+        return self.store.accel_path(found.sha256, found.derived)
+
+    # -- delete ----------------------------------------------------------------------------
     async def delete(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> int:
         """Remove the owner's matching files; content whose last reference goes leaves storage."""
         deleted = 0
-        for doc in await self.files.matching(owner, criteria, is_avatar):
-            if not await self.files.delete(owner, doc["_id"]):
+        for doc in await self._files.matching(owner, criteria, is_avatar):
+            if not await self._files.delete(owner, doc["_id"]):
                 continue  # a concurrent delete got there first
             deleted += 1
-            await self.users.release(owner, doc["size"])
+            await self._users.release(owner, doc["size"])
             await self._drop_reference(doc["sha256"])
         return deleted
 
-    async def _drop_reference(self, sha256: str, locked: bool = False) -> None:
-        if locked:
-            await self._release_blob(sha256)
-            return
-        async with self.store.locked(sha256):
+    async def _drop_reference(self, sha256: str) -> None:
+        async with self._locked(sha256):
             await self._release_blob(sha256)
 
     async def _release_blob(self, sha256: str) -> None:
-        if await self.blobs.release(sha256) <= 0 and await self.blobs.delete_unreferenced(sha256):
+        if await self._blobs.release(sha256) <= 0 and await self._blobs.delete_unreferenced(sha256):
             await self.store.remove(sha256)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, sha256: str) -> AsyncIterator[None]:
+        """Serialise reference changes and store commits for one content within this process, so
+        a delete that removes the last reference cannot remove content a new upload just kept."""
+        lock = self._locks.setdefault(sha256, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock._waiters:
+                self._locks.pop(sha256, None)

@@ -8,7 +8,6 @@ missing from the volume cannot be repaired and is reported.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from models.blobs import Blobs
 from models.db import utcnow
 from models.files import Files
 from models.users import Users
-from storage.local import BlobStore
+from storage import ContentStore
 
 log = logging.getLogger("gallery.fsck")
 
@@ -46,13 +45,13 @@ class Report:
         return out
 
 
-async def fsck(files: Files, blobs: Blobs, users: Users, store: BlobStore, temp_age: float = STALE_TEMP_SECONDS) -> Report:
+async def fsck(files: Files, blobs: Blobs, users: Users, store: ContentStore, temp_age: float = STALE_TEMP_SECONDS) -> Report:
     report = Report()
-    report.temps_removed = len(await asyncio.to_thread(store.clean_temps, temp_age))
+    report.temps_removed = await store.clean_staging(temp_age)
 
     wanted = await files.refs_by_blob()
     known = {doc["_id"]: doc.get("refs", 0) for doc in await blobs.all()}
-    on_disk = set(await asyncio.to_thread(lambda: list(store.stored_hashes())))
+    on_disk = await store.contents()
     for sha256, refs in wanted.items():
         if sha256 not in known:
             sample = (await files.blob_docs(sha256))[0]
@@ -79,7 +78,7 @@ async def fsck(files: Files, blobs: Blobs, users: Users, store: BlobStore, temp_
     for sha256 in on_disk - wanted.keys():
         await store.remove(sha256)
         report.blob_files_removed += 1
-    for sha256 in set(store.thumb_hashes()) - wanted.keys():
+    for sha256 in await store.derived_contents() - wanted.keys():
         await store.remove(sha256)
         report.thumb_dirs_removed += 1
 

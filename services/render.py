@@ -1,9 +1,14 @@
-"""How stored objects look in API responses."""
+"""How stored objects look in API responses: one renderer per resource."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from typing import Any
 from urllib.parse import quote
+
+from models.criteria import Page
+from models.users import Quota
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -26,6 +31,26 @@ def variant_name(size: int, name: str) -> str:
     """An avatar thumbnail's name: `selfie_avatar.png` -> `48_selfie_avatar.webp`."""
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
     return f"{size}_{stem}.webp"
+
+
+def quota(q: Quota, *, available: bool = True, jid: str | None = None) -> dict[str, Any]:
+    """The quota's shape wherever an answer carries it."""
+    body: dict[str, Any] = {} if jid is None else {"jid": jid}
+    body.update(quota=q.quota, used=q.used)
+    if available:
+        body["available"] = q.available
+    return body
+
+
+def listing(total: int, page: Page, items: list[dict]) -> dict[str, Any]:
+    """One page of a paginated resource."""
+    return {
+        "total_pages": math.ceil(total / page.per_page),
+        "total_objects": total,
+        "obj_per_page": page.per_page,
+        "page": page.number,
+        "items": items,
+    }
 
 
 def file_object(doc: dict, public_url: str) -> dict:

@@ -33,6 +33,8 @@ class Sink(Protocol):
     """Where one upload's bytes go before their digest is known. Every method blocks: the caller
     runs them in a worker thread, one at a time, in order."""
 
+    path: Path | None  # the local file that holds the bytes, when there is one
+
     def write(self, chunks: list[bytes]) -> int:
         """Append the chunks; returns the bytes written."""
         ...
@@ -61,6 +63,11 @@ class ContentStore(Protocol):
 
     async def adopt(self, path: Path) -> Sink:
         """A finished local staging file as a sink (it is consumed by commit or discard)."""
+        ...
+
+    def sink_file(self, sink: Sink) -> AbstractAsyncContextManager[Path]:
+        """A local file with a finished sink's bytes (for decoding them before anything is kept,
+        as an avatar's upload is), valid inside the `async with`; the sink is not consumed."""
         ...
 
     async def commit(self, sink: Sink, sha256: str) -> None:

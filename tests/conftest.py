@@ -66,8 +66,8 @@ async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
 async def login(service: Service, jid: str) -> dict[str, str]:
     """A user with a fresh token, as the XMPP login would create them; returns auth headers."""
     assert service.ctx is not None
-    await service.ctx.users.ensure(jid)
-    issued = await service.ctx.tokens.issue(jid)
+    await service.parts.users.ensure(jid)
+    issued = await service.parts.tokens.issue(jid)
     return {"Authorization": f"Bearer {issued.token}"}
 
 

@@ -108,3 +108,12 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]
         time.sleep(0.05)
     proc.kill()
     raise TimeoutError(log.read_text())
+
+
+async def stored(service: Any, sha: str) -> bool:
+    """The store holds that content (asked through the store's face, whatever the backend)."""
+    return await service.parts.store.size(sha) is not None
+
+
+async def user_doc(service: Any, jid: str) -> dict | None:
+    return await service.parts.db.users.find_one({"_id": jid})

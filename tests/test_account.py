@@ -12,7 +12,7 @@ import pytest
 import models.codes
 from models.codes import MAX_ATTEMPTS
 from tests.conftest import login
-from tests.helpers import assert_error, sha256, upload
+from tests.helpers import assert_error, sha256, stored, upload, user_doc
 from tests.prosody import (
     ACCOUNT,
     ADMIN,
@@ -63,7 +63,7 @@ async def test_login_flow_end_to_end(client, service, xmpp_user):
     assert body["api_jid"] == "gallery@localhost"
     ttl = service.settings.auth.code_ttl
     assert before + dt.timedelta(seconds=ttl - 5) < parse_time(body["expires"]) < before + dt.timedelta(seconds=ttl + 5)
-    assert await service.ctx.users.get("alice@localhost") is None  # no user before a code is verified
+    assert await user_doc(service, "alice@localhost") is None  # no user before a code is verified
 
     code, msg = await alice.next_code()
     assert len(code) == 6 and code.isdigit()
@@ -75,7 +75,7 @@ async def test_login_flow_end_to_end(client, service, xmpp_user):
     assert msg["confirm"]["url"] == f"{service.url}/api/v1/account/xmpp_auth/"
     assert msg.xml.find("{urn:xmpp:hints}no-store") is not None
 
-    doc = await service.ctx.db.codes.find_one({"_id": "alice@localhost"})
+    doc = await service.parts.db.codes.find_one({"_id": "alice@localhost"})
     assert code not in str(doc) and doc["request_id"] == body["request_id"]  # only a hash is stored
 
     r = await client.post(AUTH, json={"jid": "alice@localhost/phone", "code": code, "device": "Pixel", "client": "Xabber"})
@@ -87,7 +87,7 @@ async def test_login_flow_end_to_end(client, service, xmpp_user):
     assert parse_time(login_body["expires"]) > before + dt.timedelta(seconds=token_ttl - 60)
     headers = {"Authorization": f"Bearer {login_body['token']}"}
 
-    user = await service.ctx.users.get("alice@localhost")
+    user = await user_doc(service, "alice@localhost")
     assert user is not None and user["quota"] is None and user["used"] == 0
     r = await client.get(QUOTA, headers=headers)
     assert r.json() == {"quota": service.settings.quota.default, "used": 0, "available": service.settings.quota.default}
@@ -103,7 +103,7 @@ async def test_login_flow_end_to_end(client, service, xmpp_user):
     r = await client.delete(ACCOUNT, headers=headers)
     assert r.status_code == 204, r.text
     assert_error(await client.get(QUOTA, headers=headers), 401)
-    assert await service.ctx.users.get("alice@localhost") is None
+    assert await user_doc(service, "alice@localhost") is None
 
 
 async def test_second_login_keeps_the_user(client, service, xmpp_user):
@@ -157,7 +157,7 @@ async def test_type_iq_refused_by_the_user_voids_the_code(client, service, xmpp_
     assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
     code = (await asyncio.wait_for(alice.iqs.get(), 10))["confirm"]["id"]
     for _ in range(50):
-        doc = await service.ctx.db.codes.find_one({"_id": alice.jid})
+        doc = await service.parts.db.codes.find_one({"_id": alice.jid})
         if doc["hash"] is None:
             break
         await asyncio.sleep(0.05)
@@ -176,7 +176,7 @@ async def test_undeliverable_code_is_503_and_forgotten(client, service):
     body = assert_error(r, 503)
     assert "not be sent" in body["error"]
     assert r.headers["Retry-After"]
-    assert await service.ctx.db.codes.find_one({"_id": "nobody@localhost"}) is None
+    assert await service.parts.db.codes.find_one({"_id": "nobody@localhost"}) is None
     r = await request_code(client, "alice@localhost/offline-resource", type="iq")
     assert_error(r, 503)
 
@@ -199,7 +199,7 @@ async def test_wrong_codes_then_void(client, service, xmpp_user):
         r = await client.post(AUTH, json={"jid": alice.jid, "code": code})
         assert_error(r, 429)
         assert "Retry-After" in r.headers
-    assert await service.ctx.users.get(alice.jid) is None
+    assert await user_doc(service, alice.jid) is None
     # a new code works again
     assert (await request_code(client, alice.jid)).status_code == 201
     code, _ = await alice.next_code()
@@ -207,7 +207,7 @@ async def test_wrong_codes_then_void(client, service, xmpp_user):
 
 
 async def test_concurrent_wrong_attempts_cannot_exceed_the_limit(client, service):
-    issued = await service.ctx.codes.issue(CAROL)
+    issued = await service.parts.codes.issue(CAROL)
     wrong = other_code(issued.code)
     answers = await asyncio.gather(*(client.post(AUTH, json={"jid": CAROL, "code": wrong}) for _ in range(12)))
     statuses = sorted(r.status_code for r in answers)
@@ -216,7 +216,7 @@ async def test_concurrent_wrong_attempts_cannot_exceed_the_limit(client, service
 
 
 async def test_a_code_is_used_once_even_concurrently(client, service):
-    issued = await service.ctx.codes.issue(CAROL)
+    issued = await service.parts.codes.issue(CAROL)
     answers = await asyncio.gather(*(client.post(AUTH, json={"jid": CAROL, "code": issued.code}) for _ in range(5)))
     assert sorted(r.status_code for r in answers) == [201, 403, 403, 403, 403]
 
@@ -238,7 +238,7 @@ async def test_code_without_request(client):
 
 async def test_integer_codes_are_zero_padded(client, service, monkeypatch):
     monkeypatch.setattr(models.codes, "new_code", lambda: "004217")
-    await service.ctx.codes.issue(CAROL)
+    await service.parts.codes.issue(CAROL)
     r = await client.post(AUTH, json={"jid": CAROL, "code": 4217})
     assert r.status_code == 201, r.text
 
@@ -316,7 +316,7 @@ async def test_address_comes_from_the_proxy_with_xheaders(client):
 
 @pytest.mark.parametrize("overrides", [{"auth.attempts_per_address_per_hour": 3}], indirect=True)
 async def test_attempts_per_address_per_hour(client, service):
-    issued = await service.ctx.codes.issue(CAROL)
+    issued = await service.parts.codes.issue(CAROL)
     for _ in range(3):
         assert_error(await client.post(AUTH, json={"jid": CAROL, "code": other_code(issued.code)}), 403)
     r = await client.post(AUTH, json={"jid": CAROL, "code": issued.code})
@@ -335,7 +335,7 @@ async def test_deny_and_allow_lists(client, service):
         assert_error(await client.post(AUTH, json={"jid": jid, "code": "123456"}), 403)
     assert (await request_code(client, ADMIN)).status_code == 201
     # an admin who denies a JID after its code was sent: the code no longer logs in
-    issued = await service.ctx.codes.issue("bob@localhost")
+    issued = await service.parts.codes.issue("bob@localhost")
     service.settings.auth.deny.append("bob@localhost")
     assert_error(await client.post(AUTH, json={"jid": "bob@localhost", "code": issued.code}), 403)
 
@@ -346,7 +346,7 @@ async def test_deny_and_allow_lists(client, service):
 async def test_tokens_list_and_revoke(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     main = await login_over_xmpp(client, alice, device="phone", client="Xabber")
-    issued = [await service.ctx.tokens.issue(alice.jid, f"d{i}", "c") for i in range(3)]
+    issued = [await service.parts.tokens.issue(alice.jid, f"d{i}", "c") for i in range(3)]
     others = {i.token_id: {"Authorization": f"Bearer {i.token}"} for i in issued}
 
     r = await client.get(TOKENS, headers=main)
@@ -358,7 +358,7 @@ async def test_tokens_list_and_revoke(client, service, xmpp_user):
         assert parse_time(item["created_at"]) and parse_time(item["expires"])
     assert [i["device"] for i in items if i["current"]] == ["phone"]
     assert all(i.token not in r.text for i in issued) and main["Authorization"].split()[1] not in r.text
-    docs = await service.ctx.db.tokens.find({"owner": alice.jid}).to_list()
+    docs = await service.parts.db.tokens.find({"owner": alice.jid}).to_list()
     assert all(doc["hash"] not in r.text for doc in docs)
     current = next(i for i in items if i["current"])
     assert current["last_used_at"] is not None
@@ -415,14 +415,13 @@ async def test_last_used_at_is_written_at_most_once_a_minute(client, service):
 async def test_delete_account_with_code_removes_everything(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     headers = await login_over_xmpp(client, alice)
-    other_token = await service.ctx.tokens.issue(alice.jid)
+    other_token = await service.parts.tokens.issue(alice.jid)
     mine, shared = os.urandom(3000), os.urandom(2000)
     own = (await upload(client, headers, mine, "mine.bin")).json()
     await upload(client, headers, shared, "shared.bin")
     bob = await login(service, "bob@example.org")
     bobs = (await upload(client, bob, shared, "bobs.bin")).json()
-    store = service.ctx.store
-    assert store.blob_path(sha256(mine)).exists()
+    assert await stored(service, sha256(mine))
 
     # wrong codes share the counter with xmpp_auth
     assert (await request_code(client, alice.jid)).status_code == 201
@@ -433,16 +432,16 @@ async def test_delete_account_with_code_removes_everything(client, service, xmpp
     r = await client.request("DELETE", ACCOUNT, json={"jid": alice.jid, "code": code})
     assert r.status_code == 204, r.text
 
-    assert await service.ctx.users.get(alice.jid) is None
-    assert await service.ctx.db.tokens.count_documents({"owner": alice.jid}) == 0
-    assert await service.ctx.db.codes.count_documents({"_id": alice.jid}) == 0
-    assert await service.ctx.db.files.count_documents({"owner": alice.jid}) == 0
+    assert await user_doc(service, alice.jid) is None
+    assert await service.parts.db.tokens.count_documents({"owner": alice.jid}) == 0
+    assert await service.parts.db.codes.count_documents({"_id": alice.jid}) == 0
+    assert await service.parts.db.files.count_documents({"owner": alice.jid}) == 0
     assert_error(await client.get(QUOTA, headers=headers), 401)
     assert_error(await client.get(QUOTA, headers={"Authorization": f"Bearer {other_token.token}"}), 401)
     assert (await client.get(own["file"])).status_code == 404
-    assert not store.blob_path(sha256(mine)).exists()
+    assert not await stored(service, sha256(mine))
     # content bob still links to stays
-    assert store.blob_path(sha256(shared)).exists()
+    assert await stored(service, sha256(shared))
     assert (await client.get(bobs["file"])).content == shared
     assert (await client.get(QUOTA, headers=bob)).json()["used"] == len(shared)
 
@@ -473,8 +472,8 @@ async def test_delete_account_by_token_removes_files(client, service):
     f = (await upload(client, headers, data, "a.bin")).json()
     assert (await client.delete(ACCOUNT, headers=headers)).status_code == 204
     assert (await client.get(f["file"])).status_code == 404
-    assert not service.ctx.store.blob_path(sha256(data)).exists()
-    assert await service.ctx.users.get("dave@example.org") is None
+    assert not await stored(service, sha256(data))
+    assert await user_doc(service, "dave@example.org") is None
     assert_error(await client.delete(ACCOUNT, headers=headers), 401)
 
 
@@ -508,7 +507,7 @@ async def test_admin_account_list(client, service):
     tokens = {name: await login(service, name) for name in names}
     await upload(client, tokens["user1@localhost"], b"one", "1.txt")
     await upload(client, tokens["user1@localhost"], b"two", "2.txt")
-    await service.ctx.db.files.update_one({"owner": "user1@localhost", "name": "2.txt"}, {"$set": {"is_avatar": True}})
+    await service.parts.db.files.update_one({"owner": "user1@localhost", "name": "2.txt"}, {"$set": {"is_avatar": True}})
 
     r = await client.get(LIST, headers=admin, params={"obj_per_page": 3})
     assert r.status_code == 200, r.text

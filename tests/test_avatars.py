@@ -61,11 +61,11 @@ async def made(client, headers, content: bytes, name: str, **fields) -> tuple[di
     return body, im
 
 
-def stored_nothing(service) -> None:
-    root = service.settings.storage_path
-    assert list((root / "tmp").iterdir()) == []
-    assert [p for p in (root / "blobs").rglob("*") if p.is_file()] == []
-    assert thumb_dirs(service) == []
+async def stored_nothing(service) -> None:
+    store = service.parts.store
+    assert await store.clean_staging(0) == 0  # no staging file was left behind
+    assert await store.contents() == set()
+    assert await thumb_dirs(service) == set()
 
 
 async def test_jpeg_avatar_is_upright_square_and_stripped(client, alice, service):
@@ -146,7 +146,7 @@ async def test_refusals_store_nothing(client, alice, service):
     assert_error(await avatar(client, alice, bomb_png(), "bomb.png"), 413)
     service.settings.imaging.max_pixels = 1_000_000
     assert_error(await avatar(client, alice, encode(Image.new("L", (2000, 1000)), "PNG"), "wide.png"), 413)
-    stored_nothing(service)
+    await stored_nothing(service)
     listed = (await client.get(URL, headers=alice)).json()
     assert listed["total_objects"] == 0
     quota = (await client.get("/api/v1/account/quota/", headers=alice)).json()
@@ -183,7 +183,7 @@ async def test_list_and_delete_see_avatars_only(client, alice, bob, service):
     r = await client.request("DELETE", URL, headers=alice, json={"id": a2["id"]})
     assert r.status_code == 200 and r.json()["deleted"] == 1
     assert (await client.get(plain["file"])).status_code == 200
-    assert len(thumb_dirs(service)) == 1  # only the plain file's thumbnail is left
+    assert len(await thumb_dirs(service)) == 1  # only the plain file's thumbnail is left
 
 
 async def test_same_avatar_twice_shares_its_thumbnails(client, alice, bob, service):
@@ -191,12 +191,12 @@ async def test_same_avatar_twice_shares_its_thumbnails(client, alice, bob, servi
     a, _ = await made(client, alice, source, "a.jpg")
     b, _ = await made(client, bob, source, "b.jpg")
     assert a["sha256"] == b["sha256"] and a["slot_id"] != b["slot_id"]
-    assert len(thumb_dirs(service)) == 1
+    assert len(await thumb_dirs(service)) == 1
     assert b["thumbnails"][0]["url"].endswith("/32_b.webp")
     await client.request("DELETE", URL, headers=alice, params={"id": a["id"]})
     assert (await client.get(b["thumbnails"][-1]["url"])).status_code == 200
     await client.request("DELETE", URL, headers=bob, params={"id": b["id"]})
-    assert thumb_dirs(service) == []
+    assert await thumb_dirs(service) == set()
 
 
 async def test_stats_count_avatars_apart(client, alice):

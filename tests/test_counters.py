@@ -92,7 +92,7 @@ async def test_fsck_recomputes_counters(client, alice, service):
         assert (await upload(client, alice, opaque(10 + i), f"f{i}.bin")).status_code == 201
     assert (await upload(client, alice, GIF, "g.gif")).status_code == 201
     right = _buckets(await _stats(client, alice))
-    ctx = service.ctx
+    ctx = service.parts
     counters = ctx.db.db["file_counts"]
     # what a crash between a file's insert and its counter update (or a bug) could leave
     await counters.update_one({"_id": "alice@example.org"}, {"$inc": {"files.count": 5, "images.used": -3}})
@@ -117,7 +117,7 @@ async def test_newest_first_pages_through_growing_windows(client, alice, service
         ids.append(r.json()["id"])
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     ages = [dt.timedelta(minutes=5), dt.timedelta(hours=30), dt.timedelta(days=3), dt.timedelta(days=40), dt.timedelta(days=900)]
-    files = service.ctx.db.files
+    files = service.parts.db.files
     for i, file_id in enumerate(ids):
         age = ages[i % len(ages)] + dt.timedelta(seconds=(i // len(ages)) * 7 if i % 4 else 0)
         await files.update_one({"_id": ObjectId(file_id)}, {"$set": {"created_at": now - age}})

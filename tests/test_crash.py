@@ -17,33 +17,34 @@ from models.db import Database
 from models.tokens import Tokens
 from models.users import Users
 from services.fsck import fsck
-from tests.helpers import server_env, sha256, start_server, upload
+from tests.helpers import server_env, sha256, start_server, stored, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def run_fsck(service):
-    ctx = service.ctx
+    ctx = service.parts
     return await fsck(ctx.files, ctx.blobs, ctx.users, ctx.store)
 
 
 async def test_fsck_repairs_counts_and_orphans(client, alice, service):
-    ctx = service.ctx
+    ctx = service.parts
     kept = os.urandom(2000)
     f = (await upload(client, alice, kept, "kept")).json()
     # what a crash between the protocol's steps can leave behind
     await ctx.db.users.update_one({"_id": "alice@example.org"}, {"$inc": {"used": 12345}})
     await ctx.db.blobs.update_one({"_id": f["sha256"]}, {"$set": {"refs": 7}})
     orphan = os.urandom(100)
-    orphan_path = ctx.store.blob_path(sha256(orphan))
-    orphan_path.parent.mkdir(parents=True, exist_ok=True)
-    orphan_path.write_bytes(orphan)
+    orphan_file = ctx.store.staging_file()
+    orphan_file.write_bytes(orphan)
+    await ctx.store.commit(await ctx.store.adopt(orphan_file), sha256(orphan))  # content nobody references
     await ctx.db.blobs.insert_one({"_id": "f" * 64, "refs": 1, "size": 1, "md5": "0" * 32})
-    (ctx.store.thumb_dir("e" * 64)).mkdir(parents=True)
-    stale = ctx.store.tmp / "stale"
+    derived = ctx.store.staging_file()
+    await ctx.store.put_derived("e" * 64, "thumb.png", derived)  # derived images of no content
+    stale = ctx.store.staging_file()
     stale.write_bytes(b"partial")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    fresh = ctx.store.tmp / "fresh"
+    fresh = ctx.store.staging_file()
     fresh.write_bytes(b"in flight")
 
     report = await run_fsck(service)
@@ -51,7 +52,7 @@ async def test_fsck_repairs_counts_and_orphans(client, alice, service):
     assert (report.used_fixed, report.refs_fixed, report.blob_files_removed, report.blob_docs_removed) == (1, 1, 1, 1)
     assert report.temps_removed == 1 and report.thumb_dirs_removed == 1
     assert not stale.exists() and fresh.exists()
-    assert not orphan_path.exists()
+    assert not await stored(service, sha256(orphan))
     assert (await client.get("/api/v1/account/quota", headers=alice)).json()["used"] == 2000
     assert (await ctx.db.blobs.find_one({"_id": f["sha256"]}))["refs"] == 1
     assert (await client.get(f["file"])).content == kept
@@ -61,11 +62,11 @@ async def test_fsck_repairs_counts_and_orphans(client, alice, service):
 
 
 async def test_fsck_recreates_missing_blob_doc_and_reports_lost_content(client, alice, service):
-    ctx = service.ctx
+    ctx = service.parts
     a = (await upload(client, alice, b"aaaa", "a")).json()
     b = (await upload(client, alice, b"bbbb", "b")).json()
     await ctx.db.blobs.delete_one({"_id": a["sha256"]})
-    ctx.store.blob_path(b["sha256"]).unlink()
+    await ctx.store.remove(b["sha256"])
     report = await run_fsck(service)
     assert report.blob_docs_added == 1
     assert report.missing_content == [b["sha256"]] and not report.repaired

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.conftest import login
-from tests.helpers import GIF, assert_error, md5, opaque, sha256, upload, wav
+from tests.helpers import GIF, assert_error, md5, opaque, sha256, stored, upload, wav
 from tests.helpers import WEBM as WEBM_HEADER
 
 OGG = wav()  # a voice message
@@ -48,7 +48,7 @@ async def test_slot_errors(client, alice, service):
     for bad in (
         {"size": 10},
         {"hash": "xyz", "size": 10},
-        {"hash": "0" * 40, "size": 1},
+        {"hash": "0" * 48, "size": 1},
         {"hash": "0" * 32},
         {"hash": "0" * 32, "size": -1},
         {"hash": "0" * 32, "size": "ten"},
@@ -57,13 +57,13 @@ async def test_slot_errors(client, alice, service):
         assert body.get("fields")
     max_size = service.settings.limits.max_file_size
     assert_error(await client.get(url, headers=alice, params={**good, "size": max_size + 1}), 413)
-    await service.ctx.db.users.update_one({"_id": "alice@example.org"}, {"$set": {"quota": 5}})
+    await service.parts.db.users.update_one({"_id": "alice@example.org"}, {"$set": {"quota": 5}})
     assert_error(await client.get(url, headers=alice, params=good), 403)
 
 
 async def test_slot_respects_quota_for_dedup(client, service):
     headers = await login(service, "q@example.org")
-    await service.ctx.db.users.update_one({"_id": "q@example.org"}, {"$set": {"quota": 1500}})
+    await service.parts.db.users.update_one({"_id": "q@example.org"}, {"$set": {"quota": 1500}})
     data = opaque(1000)
     await upload(client, headers, data)
     r = await client.get("/api/v1/files/slot/", headers=headers, params={"hash": md5(data), "size": 1000})
@@ -181,9 +181,9 @@ async def test_delete_by_criteria(client, alice, bob, service):
     # bob's gif shares content with alice's deleted gif: still served
     assert (await client.get(bobs["file"])).content == GIF
     # alice's deleted content that nobody else has left the volume
-    assert not service.ctx.store.blob_path(sha256(OGG)).exists()
-    assert service.ctx.store.blob_path(sha256(GIF)).exists()
-    assert (await service.ctx.db.blobs.find_one({"_id": sha256(GIF)}))["refs"] == 1
+    assert not await stored(service, sha256(OGG))
+    assert await stored(service, sha256(GIF))
+    assert (await service.parts.db.blobs.find_one({"_id": sha256(GIF)}))["refs"] == 1
 
 
 async def test_stats(client, alice, service):

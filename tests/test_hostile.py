@@ -48,15 +48,15 @@ async def test_disconnect_mid_upload_leaves_nothing(service, alice, client):
     _reader, writer = await raw(service)
     writer.write(upload_head(alice, 10_000_000) + PART_START + os.urandom(2_000_000))
     await writer.drain()
-    await wait_until(lambda: any(service.ctx.store.tmp.iterdir()))
+    await wait_until(lambda: any(service.parts.store.tmp.iterdir()))
     writer.close()
-    await wait_until(lambda: not any(service.ctx.store.tmp.iterdir()))
-    await wait_until(lambda: not service.ctx.upload_gate.active)
+    await wait_until(lambda: not any(service.parts.store.tmp.iterdir()))
+    await wait_until(lambda: not service.ctx.files.gate.active)
     assert (await client.get("/api/v1/account/quota", headers=alice)).json()["used"] == 0
 
 
 async def test_concurrent_uploads_are_bounded(service, alice, bob):
-    gate = service.ctx.upload_gate
+    gate = service.ctx.files.gate
     gate.per_user, gate.total = 2, 3
     held = []
     for _ in range(2):
@@ -193,8 +193,8 @@ async def test_slow_body_is_cut_off(strict_service):
     writer.write(upload_head(headers, 5_000_000) + PART_START + b"x" * 100_000)
     await writer.drain()
     await asyncio.wait_for(reader.read(), 10)  # the server gives up and closes
-    await wait_until(lambda: not any(strict_service.ctx.store.tmp.iterdir()))
-    await wait_until(lambda: not strict_service.ctx.upload_gate.active)
+    await wait_until(lambda: not any(strict_service.parts.store.tmp.iterdir()))
+    await wait_until(lambda: not strict_service.ctx.files.gate.active)
 
 
 async def test_sigterm_drains_uploads_in_flight(settings, tmp_path):

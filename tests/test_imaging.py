@@ -168,8 +168,9 @@ async def thumbnail_of(client, headers, data: bytes, name: str, **fields) -> tup
     return body, im
 
 
-def thumb_dirs(service) -> list:
-    return [p for p in (service.settings.storage_path / "thumbs").glob("??/??/*") if p.is_dir()]
+async def thumb_dirs(service) -> set[str]:
+    """The contents that have derived images in the store."""
+    return await service.parts.store.derived_contents()
 
 
 # -- thumbnails -------------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ async def test_dedup_shares_one_thumbnail_and_it_goes_with_the_blob(client, alic
     b, im_b = await thumbnail_of(client, bob, data, "b.webp")
     assert im_a.format == im_b.format == "WEBP"
     assert a["thumbnail"]["url"] != b["thumbnail"]["url"]
-    assert len(thumb_dirs(service)) == 1
+    assert len(await thumb_dirs(service)) == 1
     ra, rb = await client.get(a["thumbnail"]["url"]), await client.get(b["thumbnail"]["url"])
     assert ra.content == rb.content and ra.headers["etag"] == rb.headers["etag"]
     await client.request("DELETE", "/api/v1/files/", headers=alice, params={"id": a["id"]})
@@ -292,7 +293,7 @@ async def test_dedup_shares_one_thumbnail_and_it_goes_with_the_blob(client, alic
     assert (await client.get(a["thumbnail"]["url"])).status_code == 404
     await client.request("DELETE", "/api/v1/files/", headers=bob, params={"id": b["id"]})
     assert (await client.get(b["thumbnail"]["url"])).status_code == 404
-    assert thumb_dirs(service) == []
+    assert await thumb_dirs(service) == set()
 
 
 async def test_thumbnail_download_headers(client, alice):
@@ -376,7 +377,7 @@ async def test_pool_survives_a_crashing_worker():
 
 async def test_server_survives_imaging_timeouts(client, alice, service):
     """A job that runs past the timeout gives no thumbnail, and the next upload has one again."""
-    imaging = service.ctx.imaging
+    imaging = service.parts.imaging
     with pytest.raises(JobFailed):
         await imaging.run(time.sleep, 60, seconds=1)
     body, im = await thumbnail_of(client, alice, marked_centre(400, 300), "after.png")

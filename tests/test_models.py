@@ -7,18 +7,18 @@ import asyncio
 
 async def test_concurrent_first_hits_are_all_counted(service):
     """Regression: racing upserts on a new counter returned no document (a 500 on upload)."""
-    limits = service.ctx.ratelimits
+    limits = service.parts.ratelimits
     for round_ in range(10):
         results = await asyncio.gather(*(limits.hit(f"race{round_}", 15, 3600) for _ in range(30)))
         assert results.count(None) == 15
         assert all(isinstance(r, int) and r >= 1 for r in results if r is not None)
-        assert (await service.ctx.db.ratelimits.find_one({"_id": {"$regex": f"^race{round_}:"}}))["n"] == 30
+        assert (await service.parts.db.ratelimits.find_one({"_id": {"$regex": f"^race{round_}:"}}))["n"] == 30
 
 
 async def test_quota_reservation_is_atomic(service):
-    users = service.ctx.users
+    users = service.parts.users
     await users.ensure("q@example.org")
-    await service.ctx.db.users.update_one({"_id": "q@example.org"}, {"$set": {"quota": 1000}})
+    await service.parts.db.users.update_one({"_id": "q@example.org"}, {"$set": {"quota": 1000}})
     results = await asyncio.gather(*(users.reserve("q@example.org", 100) for _ in range(30)))
     assert results.count(True) == 10
     assert (await users.quota("q@example.org")).used == 1000

@@ -130,7 +130,7 @@ async def test_too_large_rejected_early_and_midstream(client, alice, service):
 
 async def test_quota_is_enforced(client, service):
     headers = await login(service, "small@example.org")
-    await service.ctx.db.users.update_one({"_id": "small@example.org"}, {"$set": {"quota": 1000}})
+    await service.parts.db.users.update_one({"_id": "small@example.org"}, {"$set": {"quota": 1000}})
     assert (await upload(client, headers, os.urandom(600), "a")).status_code == 201
     assert_error(await upload(client, headers, os.urandom(600), "b"), 403)
     quota = (await client.get("/api/v1/account/quota", headers=headers)).json()
@@ -140,7 +140,7 @@ async def test_quota_is_enforced(client, service):
 async def test_concurrent_uploads_never_exceed_quota(client, service):
     """30 uploads race for room for 10: the atomic commit lets exactly 10 through."""
     headers = await login(service, "racer@example.org")
-    await service.ctx.db.users.update_one({"_id": "racer@example.org"}, {"$set": {"quota": 100_000}})
+    await service.parts.db.users.update_one({"_id": "racer@example.org"}, {"$set": {"quota": 100_000}})
     results = await asyncio.gather(*(upload(client, headers, os.urandom(10_000), f"f{i}") for i in range(30)))
     codes = sorted(r.status_code for r in results)
     assert codes.count(201) == 10 and codes.count(403) == 20, codes

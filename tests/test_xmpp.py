@@ -53,7 +53,7 @@ async def test_healthz_shows_the_xmpp_session(settings, prosody, tmp_path):
         r = await health(client)
         assert r.status_code == 200
         assert r.json() == {"status": "ok", "db": "ok", "xmpp": "connected", "storage": "ok"}
-    assert service.ctx.xmpp.state == "stopped"
+    assert service.parts.xmpp.state == "stopped"
 
 
 async def test_without_xmpp_code_requests_are_503(client):
@@ -71,7 +71,7 @@ async def test_xmpp_down_and_back(settings, own_prosody: Prosody, tmp_path, xmpp
     started = time.monotonic()
     async with running(settings, tmp_path) as (service, client):
         assert time.monotonic() - started < 5  # a failed first attempt does not hold up start-up
-        xmpp = service.ctx.xmpp
+        xmpp = service.parts.xmpp
         xmpp.backoff_max = 1
         r = await health(client)
         assert r.status_code == 503
@@ -91,7 +91,7 @@ async def test_xmpp_down_and_back(settings, own_prosody: Prosody, tmp_path, xmpp
         r = await request_code(client, "alice@localhost")
         assert_error(r, 503)
         assert r.headers["Retry-After"]
-        assert (await service.ctx.db.codes.find_one({"_id": "alice@localhost"}))["hash"] is None  # no live code
+        assert (await service.parts.db.codes.find_one({"_id": "alice@localhost"}))["hash"] is None  # no live code
 
         own_prosody.start()  # same port, same data
         await wait_for(lambda: _healthy(client), what="the reconnect")
@@ -156,7 +156,7 @@ async def test_require_tls_refuses_a_plain_server(settings, own_prosody: Prosody
     configure(settings, own_prosody)
     settings.xmpp.require_tls = True  # the test server offers no TLS at all
     async with running(settings, tmp_path) as (service, client):
-        assert service.ctx.xmpp.state != "connected"
+        assert service.parts.xmpp.state != "connected"
         assert_error(await request_code(client, "alice@localhost"), 503)
     assert "Authenticated as gallery@localhost" not in own_prosody.log.read_text()  # no password sent
 
