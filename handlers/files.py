@@ -21,6 +21,7 @@ MULTIPART_SLACK = 64 * 1024
 # A rejected request whose body is at most this large is read to the end before the error is sent,
 # so the client sees the answer instead of a reset; a larger one is answered at once and cut off.
 DRAIN_LIMIT = 1 << 20
+CHUNKED_SLACK = 8 << 20  # above what Tornado buffers before it hands a chunked body over (server.py)
 _DIGEST = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64})$")
 
 
@@ -57,6 +58,12 @@ class StreamedUpload(BaseHandler):
         """Pass a piece of the body on (to a parser, or straight into `incoming`)."""
         raise NotImplementedError
 
+    def body_limit(self, most: int) -> int:
+        """Tornado's own cap on this request's body. A chunked body is handed over in pieces that
+        Tornado coalesces while more is already buffered (up to its read buffer), so its cap sits
+        above that much: the upload's own limit then answers first, with 413."""
+        return most if self.content_length() is not None else most + CHUNKED_SLACK
+
     def content_length(self) -> int | None:
         value = self.request.headers.get("Content-Length")
         if value is None:
@@ -74,17 +81,17 @@ class StreamedUpload(BaseHandler):
             return
         try:
             self.feed(chunk)
+            if self.incoming.size > self.incoming.limit:  # the parser may swallow what a target raised
+                raise Overflow
             await self.incoming.pump()
         except ServiceError as exc:
             self.failure = exc
         except WriteFailed:
             self.failure = InsufficientStorage()
-        except Exception as exc:  # the parser may wrap what a target raised
-            if isinstance(exc, Overflow) or self.incoming.size > self.incoming.limit:
-                assert self.admission is not None
-                self.failure = self.ctx.files.overflow(self.admission, self.incoming.size)
-            else:
-                self.failure = Invalid("malformed multipart body")
+        except Overflow:
+            self.failure = self.ctx.files.overflow(self.incoming.size)
+        except Exception:
+            self.failure = Invalid("malformed multipart body")
         if self.failure is not None:
             await self.incoming.discard()
             self._fail_now()
@@ -164,7 +171,7 @@ class UploadHandler(StreamedUpload):
         )
         self.form = MultipartUpload(self.request.headers, self.FIELDS, self._feed_file)
         self.form.register("size", SizeTarget(self))
-        self.request.connection.set_max_body_size(files.limits.max_file_size + MULTIPART_SLACK)
+        self.request.connection.set_max_body_size(self.body_limit(files.limits.max_file_size + MULTIPART_SLACK))
         self.incoming = files.incoming(self.admission)
 
     def _feed_file(self, chunk: bytes) -> None:

@@ -145,7 +145,7 @@ class FileManager:
             raise
         return Admission(owner, min(self.limits.max_file_size, quota.available), quota, self.gate)
 
-    def overflow(self, admission: Admission, received: int) -> TooLarge | QuotaExceeded:
+    def overflow(self, received: int) -> TooLarge | QuotaExceeded:
         """What to answer when an upload's bytes pass its admission's limit."""
         return TooLarge(self.limits.max_file_size) if received > self.limits.max_file_size else QuotaExceeded()
 

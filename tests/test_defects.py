@@ -1,0 +1,97 @@
+"""Defects found by trying the API as a hostile client would, each on every route it could reach."""
+
+from __future__ import annotations
+
+import pytest
+from tornado.web import RequestHandler
+
+from handlers import ROUTES
+from tests.conftest import login
+from tests.helpers import assert_error, multipart
+
+DEPTH = 50_000
+JSON_ROUTES = [
+    ("POST", "/api/v1/account/xmpp_code_request/"),
+    ("POST", "/api/v1/account/xmpp_auth/"),
+    ("DELETE", "/api/v1/account/tokens/"),
+    ("PUT", "/api/v1/account/quota/"),
+    ("DELETE", "/api/v1/files/"),
+    ("DELETE", "/api/v1/avatar/"),
+    ("GET", "/api/v1/files/"),
+    ("GET", "/api/v1/files/slot/"),
+    ("GET", "/api/v1/files/stats/"),
+    ("GET", "/api/v1/account/list/"),
+]
+
+
+@pytest.fixture
+def settings(settings):
+    settings.admins = ["admin@example.org"]
+    return settings
+
+
+@pytest.fixture
+async def admin(service):
+    return await login(service, "admin@example.org")
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+async def test_deeply_nested_json_is_a_400(client, admin, opener):
+    body = opener * DEPTH
+    for method, path in JSON_ROUTES:
+        headers = {**admin, "Content-Type": "application/json"}
+        r = await client.request(method, path, headers=headers, content=body.encode())
+        assert_error(r, 400)
+    # account deletion by jid + code reads its body (with a token it deletes the caller's account)
+    r = await client.request("DELETE", "/api/v1/account/", headers={"Content-Type": "application/json"}, content=body.encode())
+    assert_error(r, 400)
+
+
+async def test_chunked_upload_past_the_limit_is_a_413(client, alice, service):
+    service.settings.limits.max_file_size = 100_000
+    headers, body = multipart([("file", "big.bin", b"a" * 300_000)])
+
+    async def chunks():
+        for i in range(0, len(body), 7777):
+            yield body[i : i + 7777]
+
+    r = await client.post("/api/v1/files/upload/", headers={**alice, **headers}, content=chunks())
+    assert_error(r, 413)
+    listed = (await client.get("/api/v1/files/", headers=alice)).json()
+    assert listed["total_objects"] == 0
+
+
+@pytest.mark.parametrize("value", [[1000], {"v": 1000}, True, 1.5, "1e3"])
+async def test_quota_value_must_be_an_integer(client, admin, value):
+    r = await client.put("/api/v1/account/quota/", headers=admin, json={"value": value})
+    body = assert_error(r, 400)
+    assert "value" in body["fields"]
+
+
+async def test_integer_parameters_refuse_lists_everywhere(client, alice):
+    for path, name in (("/api/v1/files/", "page"), ("/api/v1/files/", "obj_per_page"), ("/api/v1/files/slot/", "size")):
+        r = await client.request("GET", path, headers=alice, json={"hash": "0" * 32, name: [5]})
+        assert_error(r, 400)
+
+
+async def test_unsupported_methods_are_405_on_every_route(client, alice):
+    methods = ("GET", "POST", "PUT", "DELETE")
+    for pattern, handler in ROUTES:
+        path = pattern.replace("/?", "/").replace("\\.", ".").replace("([^/]+)", "x")
+        for method in methods:
+            if getattr(handler, method.lower()) is not getattr(RequestHandler, method.lower()):
+                continue
+            r = await client.request(method, path, headers=alice)
+            assert_error(r, 405)
+
+
+async def test_browser_style_backslash_names_keep_the_last_part(client, alice):
+    # the HTML standard leaves backslashes in filename="…" as they are
+    headers, body = multipart([("file", "C:\\Users\\me\\doc.txt", b"hello")])
+    r = await client.post("/api/v1/files/upload/", headers={**alice, **headers}, content=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "doc.txt"
+    # a quoted quote stays a quote
+    headers, body = multipart([("file", 'say \\"hi\\".txt', b"hello")])
+    r = await client.post("/api/v1/files/upload/", headers={**alice, **headers}, content=body)
+    assert r.json()["name"] == 'say "hi".txt'
