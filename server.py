@@ -77,12 +77,16 @@ class Service:
             )
         self.db = Database(uri, s.mongodb.database, s.mongodb.timeout)
         await self.db.ensure_indexes()
+        self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging))
+        migrated = await self.parts.files.migrate(self.parts.file_ids)
+        if migrated:
+            log.info("gave %d files of an earlier version integer ids", migrated)
 
         sockets = bind_sockets(s.server.port, s.server.host)
         s.server.port = sockets[0].getsockname()[1]
         # the imaging pool starts its worker processes on the first job
         xmpp = XmppClient(s.xmpp) if s.xmpp.jid else None
-        self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging), xmpp=xmpp)
+        self.parts.xmpp = xmpp
         self.ctx = Context.build(self.parts)
         if xmpp is not None:
             await xmpp.start()  # waits briefly for the session; without one, code requests answer 503
@@ -143,7 +147,7 @@ async def repair(settings: Settings) -> int:
     try:
         parts = Parts(settings=settings, db=db, store=LocalStore(settings.storage_path))
         parts.store.prepare()
-        report = await fsck(parts.files, parts.blobs, parts.users, parts.store)
+        report = await fsck(parts)
         for line in report.lines():
             print(line)
         print("store is consistent" if report.repaired else "store could NOT be fully repaired")

@@ -19,6 +19,7 @@ ROUTES: list[tuple[str, Any]] = [
     (api("files/slot"), files.SlotHandler),
     (api("files/upload"), files.UploadHandler),
     (api("files/stats"), files.StatsHandler),
+    (api("files/percent/(?P<percent>[^/]+)"), files.PercentHandler),
     (api("files"), files.FilesHandler),
     (api("account/quota"), account.QuotaHandler),
     (api("account/xmpp_code_request"), account.CodeRequestHandler),

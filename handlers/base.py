@@ -85,7 +85,7 @@ class BaseHandler(RequestHandler):
         if getattr(type(self), method, None) is getattr(RequestHandler, method, None):
             raise HTTPError(405, log_message="method not allowed")
 
-    def options(self, *args: Any) -> None:
+    def options(self, *args: Any, **kwargs: Any) -> None:
         """A CORS preflight: answered for every route, without authentication."""
         self.set_header("Access-Control-Allow-Methods", CORS_METHODS)
         self.set_header("Access-Control-Allow-Headers", CORS_HEADERS)

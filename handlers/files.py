@@ -291,3 +291,28 @@ class StatsHandler(BaseHandler):
 
     async def get(self) -> None:
         self.reply(await self.ctx.files.stats(self.owner, self.params.criteria(Criteria.STATS)))
+
+
+class PercentHandler(BaseHandler):
+    """GET|DELETE files/percent/<n>/: the caller's oldest files that together first reach n % of
+    the space they use ("free up space"): GET pages them like files/, DELETE deletes them."""
+
+    auth = True
+
+    async def _selection(self, percent: str) -> Criteria:
+        n = parse_int("percent", percent, 1, 100)
+        assert n is not None
+        contexts = self.params.criteria(("contexts",)).contexts
+        return await self.ctx.files.oldest(self.owner, n, contexts)
+
+    async def get(self, percent: str) -> None:
+        criteria = await self._selection(percent)
+        self.reply(await self.ctx.files.list(self.owner, criteria, self.params.page(), None))
+
+    async def delete(self, percent: str) -> None:
+        criteria = await self._selection(percent)
+        deleted = await self.ctx.files.delete(self.owner, criteria, None) if criteria.ids else 0
+        if not deleted:
+            raise NotFound("no matching file")
+        quota = await self.ctx.files.quota(self.owner)
+        self.reply({"deleted": deleted, "used": quota.used, "quota": quota.quota})

@@ -71,7 +71,8 @@ class MediaHandler(BaseHandler):
         self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
 
     def log_line(self) -> str:
-        slot_id = self.path_args[0] if self.path_args else ""
+        path_args = getattr(self, "path_args", None)  # unset when Tornado refused the request itself
+        slot_id = path_args[0] if path_args else ""
         return f"Media slot={slot_id[:6]}…"
 
     def observe(self, metrics: Metrics) -> None:

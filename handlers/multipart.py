@@ -15,6 +15,10 @@ FIELD_LIMIT = 16 * 1024
 HEADER_SCAN_LIMIT = 256 * 1024
 _FILE_PART = re.compile(rb'content-disposition:[^\r\n]*\bname="file"[^\r\n]*?;\s*filename="((?:[^"\\\r\n]|\\.)*)"', re.IGNORECASE)
 _QUOTED_PAIR = re.compile(r'\\(["\\])')
+_FILE_PART_TYPE = re.compile(
+    rb'content-disposition:[^\r\n]*\bname="file"[^\r\n]*(?:\r\n(?!\r\n)[^\r\n]*)*?\r\ncontent-type:[ \t]*([^\r\n]*)',
+    re.IGNORECASE,
+)
 
 
 def raw_filename(headers: bytes) -> str | None:
@@ -104,8 +108,12 @@ class MultipartUpload:
 
     @property
     def content_type(self) -> str | None:
-        """The file part's declared Content-Type; an empty one counts as none."""
-        return (self.file.multipart_content_type or "").strip() or None
+        """The file part's declared Content-Type; an empty or absent one counts as none (the
+        parser would report text/plain, the MIME default, for both)."""
+        found = list(_FILE_PART_TYPE.finditer(bytes(self._head)))
+        if not found:
+            return None
+        return found[-1].group(1).decode("latin-1").strip() or None
 
     def values(self) -> dict[str, str | None]:
         return {name: target.value for name, target in self.fields.items()}

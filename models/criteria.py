@@ -23,16 +23,17 @@ class Criteria:
     ids: list[str] | None = None
     slot_id: str | None = None
     media_type: str | None = None
-    context: str | None = None
+    types: list[str] | None = None  # kinds: image, video, audio, voice, file (`type`)
+    contexts: list[str] | None = None  # any of them (`contexts`, or repeated `context`)
     date_gte: dt.datetime | None = None
     date_lte: dt.datetime | None = None
     size_gte: int | None = None
     size_lte: int | None = None
 
     # the filters each route takes, by their parameter names
-    LIST = ("id", "media_type", "context", "date_gte", "date_lte", "size_gte", "size_lte")
-    DELETE = ("id", "media_type", "context", "date_gte", "date_lte")
-    STATS = ("media_type", "date_gte", "date_lte")
+    LIST = ("id", "media_type", "type", "contexts", "date_gte", "date_lte", "size_gte", "size_lte")
+    DELETE = ("id", "media_type", "type", "contexts", "date_gte", "date_lte")
+    STATS = ("media_type", "type", "contexts", "date_gte", "date_lte")
 
     @property
     def empty(self) -> bool:

@@ -13,20 +13,24 @@ import logging
 import re
 
 from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from models.criteria import SORT_FIELDS, Criteria, Page
 from models.db import utcnow
+from models.sequences import IdSequence
 
 log = logging.getLogger("gallery.files")
 
+MIGRATING = "migrating:"  # the provisional slot_id of a file being given an integer id
 DIGEST_FIELDS = {32: "md5", 40: "sha1", 64: "sha256"}  # hex length -> field
 
-BUCKET_NAMES = ("images", "videos", "voices", "files", "avatars")
-_BUCKET_PREFIXES = (("image/", "images"), ("video/", "videos"), ("audio/", "voices"))
+# The kinds a file is of (the API's `type` filter) and the stats bucket of each; avatars count in
+# their own bucket whatever their kind.
+KINDS = {"image": "images", "video": "videos", "audio": "audio", "voice": "voices", "file": "files"}
+BUCKET_NAMES = (*KINDS.values(), "avatars")
+_PREFIXES = (("image/", "image"), ("video/", "video"), ("audio/", "audio"))
 # Newest-first pages are read through a window on created_at that grows until it holds the page:
 # the first spans this long, each next one up to 64 times longer, at most this many, never before
 # WINDOW_FLOOR; past that, one plain sorted query.
@@ -35,34 +39,49 @@ MAX_WINDOWS = 5
 WINDOW_FLOOR = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def bucket_of(media_type: str, is_avatar: bool) -> str:
+def kind_of(media_type: str, context: str | None) -> str:
+    """A file's kind: a voice message by its context, else by its media type's top level."""
+    if context == "voice":
+        return "voice"
+    return next((kind for prefix, kind in _PREFIXES if media_type.startswith(prefix)), "file")
+
+
+def bucket_of(doc: dict) -> str:
     """The stats bucket a file counts in."""
-    if is_avatar:
+    if doc.get("is_avatar"):
         return "avatars"
-    return next((name for prefix, name in _BUCKET_PREFIXES if media_type.startswith(prefix)), "files")
+    return KINDS[doc.get("kind") or kind_of(doc.get("media_type") or "", doc.get("context"))]
 
 
 def _zero_counts() -> dict[str, dict[str, int]]:
     return {name: {"count": 0, "used": 0} for name in BUCKET_NAMES}
 
 
-def _object_ids(ids: list[str]) -> list[ObjectId]:
+def file_ids(ids: list) -> list[int]:
+    """The integer ids among what a client sent (integers or decimal strings); anything else
+    names none of the caller's files."""
     result = []
     for value in ids:
-        try:
-            result.append(ObjectId(value))
-        except (InvalidId, TypeError):
-            continue  # a malformed id names none of the caller's files
+        text = str(value).strip()
+        if text.isascii() and text.isdigit() and len(text) <= 19:
+            result.append(int(text))
     return result
 
 
 def query(owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:
     """The Mongo filter for `criteria` among `owner`'s files (avatars, other files, or both)."""
     q: dict = {"owner": owner}
+    if criteria.contexts is not None:
+        named = set(criteria.contexts)
+        q["context"] = {"$in": sorted(named) + ([None] if "file" in named else [])}  # no context: a file
+        if "avatar" in named and is_avatar is False:
+            is_avatar = None  # naming avatars brings them into the selection
     if is_avatar is not None:
         q["is_avatar"] = is_avatar
+    if criteria.types is not None:
+        q["kind"] = {"$in": sorted(set(criteria.types))}
     if criteria.ids is not None:
-        q["_id"] = {"$in": _object_ids(criteria.ids)}
+        q["_id"] = {"$in": file_ids(criteria.ids)}
     if criteria.slot_id is not None:
         q["slot_id"] = criteria.slot_id
     if criteria.media_type:
@@ -70,8 +89,6 @@ def query(owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:
             q["media_type"] = criteria.media_type
         else:
             q["media_type"] = {"$regex": "^" + re.escape(criteria.media_type) + "/"}
-    if criteria.context is not None:
-        q["context"] = criteria.context
     for name, key, op in (
         ("date_gte", "created_at", "$gte"),
         ("date_lte", "created_at", "$lte"),
@@ -91,7 +108,28 @@ class Files:
 
     async def insert(self, doc: dict) -> None:
         await self.c.insert_one(doc)
-        await self._count(doc["owner"], bucket_of(doc["media_type"], bool(doc.get("is_avatar"))), 1, doc["size"])
+        await self._count(doc["owner"], bucket_of(doc), 1, doc["size"])
+
+    async def migrate(self, ids: IdSequence) -> int:
+        """Bring files written before integer ids over, once (start-up and fsck run it): each gets
+        an id from the sequence, its kind, and `context: "avatar"` if it is an avatar. Crash-safe:
+        the copy is inserted under a provisional slot_id that names the original, the original
+        removed, the slot_id restored; a run that finds a provisional copy finishes its steps.
+        Returns how many files were brought over (their owners' counters are then recounted)."""
+        moved = 0
+        async for old in self.c.find({"_id": {"$type": "objectId"}}):
+            doc = {**old, "_id": await ids.next(), "slot_id": MIGRATING + str(old["_id"]), "slot": old["slot_id"]}
+            if doc.get("is_avatar"):
+                doc["context"] = "avatar"
+            doc["kind"] = kind_of(doc.get("media_type") or "", doc.get("context"))
+            await self.c.insert_one(doc)
+            moved += 1
+        async for copy in self.c.find({"slot_id": {"$regex": "^" + re.escape(MIGRATING)}}):
+            await self.c.delete_one({"_id": ObjectId(copy["slot_id"].removeprefix(MIGRATING))})
+            await self.c.update_one({"_id": copy["_id"]}, {"$set": {"slot_id": copy["slot"]}, "$unset": {"slot": ""}})
+        if moved:
+            await self.recount()
+        return moved
 
     async def by_slot(self, slot_id: str) -> dict | None:
         return await self.c.find_one({"slot_id": slot_id})
@@ -104,11 +142,11 @@ class Files:
         doc = await self.c.find_one({"owner": owner, DIGEST_FIELDS[len(digest)]: digest})
         return doc if doc is not None and doc["size"] == size else None
 
-    async def page(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool) -> tuple[int, list[dict]]:
+    async def page(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None) -> tuple[int, list[dict]]:
         q = query(owner, criteria, is_avatar)
         if criteria.empty:  # unfiltered: the total is the owner's counter
             counts = await self.counts(owner)
-            names = ("avatars",) if is_avatar else BUCKET_NAMES[:4]
+            names = ("avatars",) if is_avatar else tuple(KINDS.values())
             total = sum(counts[name]["count"] for name in names)
         else:
             total = await self.c.count_documents(q)
@@ -145,19 +183,35 @@ class Files:
             span *= min(64, max(4, 2 * need // max(len(docs), 1)))  # aim past `need` by about 2x
         return await self.c.find(q).sort(sort).skip(skip).limit(need - skip).to_list()
 
+    async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:
+        """The ids of `owner`'s oldest matching files whose sizes together first reach `target`
+        bytes (all of them when they never do), read oldest first, id and size only."""
+        chosen: list[int] = []
+        total = 0
+        if target <= 0:
+            return chosen
+        cursor = self.c.find(query(owner, criteria, is_avatar), {"size": 1}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        async for doc in cursor:
+            chosen.append(doc["_id"])
+            total += doc["size"]
+            if total >= target:
+                break
+        await cursor.close()
+        return chosen
+
     async def matching(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> list[dict]:
         """What a delete would remove: just the fields the delete needs."""
         projection = {"sha256": 1, "size": 1, "owner": 1}
         return await self.c.find(query(owner, criteria, is_avatar), projection).to_list()
 
-    async def delete(self, owner: str, file_id: ObjectId) -> bool:
+    async def delete(self, owner: str, file_id: int) -> bool:
         # find + delete rather than find_one_and_delete: SecantusDB runs findAndModify as a scan
         # of the whole collection. Of two concurrent deletes only one deletes, and only it counts.
         q = {"_id": file_id, "owner": owner}
-        doc = await self.c.find_one(q, {"size": 1, "media_type": 1, "is_avatar": 1})
+        doc = await self.c.find_one(q, {"size": 1, "media_type": 1, "is_avatar": 1, "kind": 1, "context": 1})
         if doc is None or (await self.c.delete_one(q)).deleted_count != 1:
             return False
-        await self._count(owner, bucket_of(doc.get("media_type") or "", bool(doc.get("is_avatar"))), -1, -doc["size"])
+        await self._count(owner, bucket_of(doc), -1, -doc["size"])
         return True
 
     # -- per-owner counters ---------------------------------------------------------------
@@ -184,14 +238,20 @@ class Files:
         """fsck: recompute the counters from `files` (of one owner, or of all); returns how many
         owners' counters were wrong."""
         pipeline: list[dict] = [
-            {"$group": {"_id": {"o": "$owner", "a": "$is_avatar", "t": "$media_type"}, "n": {"$sum": 1}, "b": {"$sum": "$size"}}}
+            {
+                "$group": {
+                    "_id": {"o": "$owner", "is_avatar": "$is_avatar", "kind": "$kind"},
+                    "n": {"$sum": 1},
+                    "b": {"$sum": "$size"},
+                }
+            }
         ]
         if owner is not None:
             pipeline.insert(0, {"$match": {"owner": owner}})
         actual: dict[str, dict[str, dict[str, int]]] = {}
         async for row in await self.c.aggregate(pipeline):
             key = row["_id"]
-            bucket = actual.setdefault(key["o"], _zero_counts())[bucket_of(key.get("t") or "", bool(key.get("a")))]
+            bucket = actual.setdefault(key["o"], _zero_counts())[bucket_of(key)]
             bucket["count"] += row["n"]
             bucket["used"] += row["b"]
         stored = [doc["_id"] async for doc in self.counters.find({} if owner is None else {"_id": owner}, {"_id": 1})]
@@ -204,22 +264,18 @@ class Files:
         return fixed
 
     async def usage(self, owner: str, criteria: Criteria) -> list[dict]:
-        """Count and bytes per (is_avatar, media_type) among `owner`'s files."""
+        """Count and bytes per stats bucket among `owner`'s files that match."""
+        is_avatar = None if criteria.contexts is None or "avatar" in criteria.contexts else False
         pipeline = [
-            {"$match": query(owner, criteria, None)},
-            {
-                "$group": {
-                    "_id": {"a": "$is_avatar", "t": "$media_type"},
-                    "count": {"$sum": 1},
-                    "used": {"$sum": "$size"},
-                }
-            },
+            {"$match": query(owner, criteria, is_avatar)},
+            {"$group": {"_id": {"is_avatar": "$is_avatar", "kind": "$kind"}, "count": {"$sum": 1}, "used": {"$sum": "$size"}}},
         ]
-        cursor = await self.c.aggregate(pipeline)
-        return [
-            {"is_avatar": bool(d["_id"].get("a")), "media_type": d["_id"].get("t") or "", "count": d["count"], "used": d["used"]}
-            async for d in cursor
-        ]
+        counts = _zero_counts()
+        async for row in await self.c.aggregate(pipeline):
+            bucket = counts[bucket_of(row["_id"])]
+            bucket["count"] += row["count"]
+            bucket["used"] += row["used"]
+        return counts
 
     async def totals_by_owner(self) -> dict[str, int]:
         """fsck: the sum of sizes per owner."""

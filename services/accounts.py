@@ -286,14 +286,9 @@ class AccountManager:
         return render.listing(total, page, items)
 
     async def _file_counts(self, owner: str) -> tuple[int, int]:
-        """(files, avatars) of one owner."""
-        files = avatars = 0
-        for row in await self.files.usage(owner, Criteria()):
-            if row["is_avatar"]:
-                avatars += row["count"]
-            else:
-                files += row["count"]
-        return files, avatars
+        """(files, avatars) of one owner, counted from the files themselves."""
+        counts = await self.files.usage(owner, Criteria())
+        return sum(b["count"] for name, b in counts.items() if name != "avatars"), counts["avatars"]["count"]
 
     async def verify_token(self, token: str) -> TokenInfo | None:
         """The live token behind a bearer credential; None when unknown, expired or revoked."""

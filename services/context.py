@@ -12,6 +12,7 @@ from models.codes import Codes
 from models.db import Database
 from models.files import Files
 from models.ratelimits import RateLimits
+from models.sequences import IdSequence
 from models.tokens import Tokens
 from models.users import Users
 from services.accounts import AccountManager
@@ -40,6 +41,7 @@ class Parts:
         self.blobs = Blobs(self.db.blobs)
         self.codes = Codes(self.db.codes, s.auth.code_ttl, s.auth.code_interval)
         self.ratelimits = RateLimits(self.db.ratelimits)
+        self.file_ids = IdSequence(self.db.db["sequences"], "files")
 
     def xmpp_state(self) -> str:
         return "disabled" if self.xmpp is None else self.xmpp.state
@@ -59,7 +61,7 @@ class Context:
     @classmethod
     def build(cls, p: Parts) -> Context:
         s = p.settings
-        files = FileManager(p.files, p.blobs, p.users, p.ratelimits, p.store, p.imaging, s.limits, s.public_url)
+        files = FileManager(p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url)
         return cls(
             settings=s,
             files=files,

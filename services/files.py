@@ -14,14 +14,13 @@ import shutil
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from bson import ObjectId
-
 from imaging import Derived, Imaging
 from models.blobs import Blobs
 from models.criteria import Criteria, Page
 from models.db import utcnow
-from models.files import BUCKET_NAMES, Files, bucket_of
+from models.files import Files, kind_of
 from models.ratelimits import RateLimits
+from models.sequences import IdSequence
 from models.users import Quota, Users
 from services import render
 from services.admission import UploadGate
@@ -87,6 +86,16 @@ class Admission:
             self.gate.leave(self.owner)
 
 
+def context_of(meta: UploadMeta) -> str | None:
+    """An avatar's context is `avatar`; a file declared `…+voice` (Xabber web's voice messages:
+    `audio/ogg; codecs=opus+voice`) and given no context is a `voice`."""
+    if meta.is_avatar:
+        return "avatar"
+    if meta.context is None and "+voice" in (meta.declared_type or ""):
+        return "voice"
+    return meta.context
+
+
 class FileManager:
     def __init__(
         self,
@@ -94,6 +103,7 @@ class FileManager:
         blobs: Blobs,
         users: Users,
         ratelimits: RateLimits,
+        ids: IdSequence,
         store: ContentStore,
         imaging: Imaging,
         limits: LimitsSettings,
@@ -103,6 +113,7 @@ class FileManager:
         self._blobs = blobs
         self._users = users
         self._ratelimits = ratelimits
+        self._ids = ids
         self.store = store
         self.imaging = imaging
         self.limits = limits
@@ -196,7 +207,7 @@ class FileManager:
             if reserved:
                 await self._users.release(owner, size)
             raise
-        doc = self._new_doc(owner, meta.name, written.digests, size, written.media_type, derived, meta)
+        doc = await self._new_doc(owner, meta.name, written.digests, size, written.media_type, derived, meta)
         await self._insert(doc)
         log.info("stored upload", extra={"user": owner, "slot_id": doc["slot_id"], "size": size})
         return doc
@@ -217,7 +228,7 @@ class FileManager:
         derived = Derived(existing.get("width"), existing.get("height"), existing.get("thumbnail"))
         meta = UploadMeta(context=existing.get("context"), metadata=existing.get("metadata"))
         digests = Digests(existing["md5"], existing.get("sha1", ""), sha256)
-        doc = self._new_doc(owner, name, digests, size, existing["media_type"], derived, meta)
+        doc = await self._new_doc(owner, name, digests, size, existing["media_type"], derived, meta)
         await self._insert(doc)
         return doc
 
@@ -261,11 +272,12 @@ class FileManager:
             await asyncio.to_thread(shutil.rmtree, out, True)
         return result
 
-    def _new_doc(
+    async def _new_doc(
         self, owner: str, name: str | None, digests: Digests, size: int, kind: str, derived: Derived, meta: UploadMeta
     ) -> dict:
+        context = context_of(meta)
         doc = {
-            "_id": ObjectId(),
+            "_id": await self._ids.next(),
             "owner": owner,
             "slot_id": secrets.token_urlsafe(18),
             "name": clean_name(name),
@@ -273,8 +285,9 @@ class FileManager:
             "md5": digests.md5,
             "size": size,
             "media_type": kind,
+            "kind": kind_of(kind, context),
             "is_avatar": meta.is_avatar,
-            "context": meta.context,
+            "context": context,
             "metadata": meta.metadata,
             "thumbnail": derived.thumbnail,
             "width": derived.width,
@@ -296,20 +309,14 @@ class FileManager:
             raise
 
     # -- read ------------------------------------------------------------------------------
-    async def list(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool = False) -> dict:
+    async def list(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None = False) -> dict:
         total, docs = await self._files.page(owner, criteria, page, is_avatar)
         return render.listing(total, page, [self.render(doc) for doc in docs])
 
     async def stats(self, owner: str, criteria: Criteria) -> dict:
-        if criteria.empty:  # unfiltered: the owner's counters and quota, two point reads
-            counts, quota = await asyncio.gather(self._files.counts(owner), self._users.quota(owner))
-        else:
-            counts = {name: {"count": 0, "used": 0} for name in BUCKET_NAMES}
-            for row in await self._files.usage(owner, criteria):
-                bucket = counts[bucket_of(row["media_type"], row["is_avatar"])]
-                bucket["count"] += row["count"]
-                bucket["used"] += row["used"]
-            quota = await self._users.quota(owner)
+        # unfiltered: the owner's counters and quota, two point reads
+        count = self._files.counts(owner) if criteria.empty else self._files.usage(owner, criteria)
+        counts, quota = await asyncio.gather(count, self._users.quota(owner))
         total = {key: sum(bucket[key] for bucket in counts.values()) for key in ("count", "used")}
         return {**counts, "total": total, **render.quota(quota, available=False)}
 
@@ -350,6 +357,14 @@ class FileManager:
 
     def accel_path(self, found: Download) -> str | None:
         return self.store.accel_path(found.sha256, found.derived)
+
+    async def oldest(self, owner: str, percent: int, contexts: list[str] | None) -> Criteria:
+        """files/percent/<n>/: the owner's oldest files (avatars only when `contexts` names them)
+        whose sizes together first reach `percent` % of the space they use, as criteria."""
+        quota = await self._users.quota(owner)
+        target = -(-quota.used * percent // 100)  # rounded up: "reach" means at least that much
+        criteria = Criteria(contexts=contexts)
+        return Criteria(ids=await self._files.oldest_reaching(owner, criteria, False, target))
 
     # -- delete ----------------------------------------------------------------------------
     async def delete(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> int:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from models.blobs import Blobs
 from models.db import utcnow
-from models.files import Files
-from models.users import Users
-from storage import ContentStore
+from services.context import Parts
 
 log = logging.getLogger("gallery.fsck")
 
@@ -31,6 +28,7 @@ class Report:
     blob_files_removed: int = 0
     thumb_dirs_removed: int = 0
     used_fixed: int = 0
+    ids_given: int = 0
     counts_fixed: int = 0
     missing_content: list[str] = field(default_factory=list)
 
@@ -45,8 +43,10 @@ class Report:
         return out
 
 
-async def fsck(files: Files, blobs: Blobs, users: Users, store: ContentStore, temp_age: float = STALE_TEMP_SECONDS) -> Report:
+async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
+    files, blobs, users, store = parts.files, parts.blobs, parts.users, parts.store
     report = Report()
+    report.ids_given = await files.migrate(parts.file_ids)
     report.temps_removed = await store.clean_staging(temp_age)
 
     wanted = await files.refs_by_blob()

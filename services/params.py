@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from models.criteria import DEFAULT_ORDER, DEFAULT_PER_PAGE, MAX_PER_PAGE, SORT_FIELDS, Criteria, Page
+from models.files import KINDS
 from services.errors import Invalid
 
 INT64_MAX = 2**63 - 1  # the largest integer the database stores; larger ones are a 400
@@ -165,8 +166,15 @@ class Params:
         for name in names:
             if name == "id":
                 c.ids = self.list("id")
-            elif name in ("media_type", "context"):
-                setattr(c, name, self.str(name, 255))
+            elif name == "media_type":
+                c.media_type = self.str(name, 255)
+            elif name == "type":
+                c.types = self.list("type")
+                unknown = sorted(set(c.types or ()) - set(KINDS))
+                if unknown:
+                    raise _invalid("type", f"unknown type {unknown[0]!r}: one of {', '.join(KINDS)}")
+            elif name == "contexts":
+                c.contexts = [*(self.list("contexts") or ()), *(self.list("context") or ())] or None
             elif name in ("date_gte", "date_lte"):
                 setattr(c, name, self.date(name, end_of_day=name == "date_lte"))
             elif name in ("size_gte", "size_lte"):

@@ -56,7 +56,7 @@ def listing(total: int, page: Page, items: list[dict]) -> dict[str, Any]:
 def file_object(doc: dict, public_url: str) -> dict:
     thumbnail = doc.get("thumbnail")
     obj = {
-        "id": str(doc["_id"]),
+        "id": doc["_id"],
         "size": doc["size"],
         "media_type": doc["media_type"],
         "name": doc["name"],
@@ -80,8 +80,8 @@ def file_object(doc: dict, public_url: str) -> dict:
         obj["height"] = doc["height"]
     if doc.get("is_avatar"):
         obj["is_avatar"] = True
-        obj["thumbnails"] = [
-            {"url": media_url(public_url, doc["slot_id"], t["name"]), "width": t["width"], "height": t["height"]}
-            for t in doc.get("thumbnails") or ()
-        ]
+    obj["thumbnails"] = [
+        {"url": media_url(public_url, doc["slot_id"], t["name"]), "width": t["width"], "height": t["height"]}
+        for t in doc.get("thumbnails") or ()
+    ]
     return obj

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def run_fsck(service):
     ctx = service.parts
-    return await fsck(ctx.files, ctx.blobs, ctx.users, ctx.store)
+    return await fsck(ctx)
 
 
 async def test_fsck_repairs_counts_and_orphans(client, alice, service):

@@ -51,6 +51,7 @@ def _route_to_openapi(pattern: str) -> str:
     path = pattern.removesuffix("/?")
     path = path.replace(r"\.", ".")
     names = iter(["{slot_id}", "{name}"])
+    path = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", path)
     path = re.sub(r"\(\[\^/\]\+\)", lambda _: next(names), path)
     return path + "/" if path.startswith("/api/v1/") and not path.endswith(".yaml") else path
 
