@@ -26,6 +26,7 @@ import pytest
 from slixmpp import JID, ClientXMPP, Iq, Message
 
 from settings import Settings
+from tests.helpers import stop_process
 
 DOMAIN = "localhost"
 SERVICE = ("gallery", "gallery-pw")
@@ -137,14 +138,7 @@ class Prosody:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process, grace=10)
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"

@@ -11,8 +11,7 @@ import pytest
 
 import models.codes
 from models.codes import MAX_ATTEMPTS
-from tests.conftest import login
-from tests.helpers import assert_error, sha256, stored, upload, user_doc
+from tests.helpers import assert_error, issue_token, login, sha256, stored, upload, user_doc, wait_until
 from tests.prosody import (
     ACCOUNT,
     ADMIN,
@@ -156,11 +155,11 @@ async def test_type_iq_refused_by_the_user_voids_the_code(client, service, xmpp_
     alice.answer_iq = deny
     assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
     code = (await asyncio.wait_for(alice.iqs.get(), 10))["confirm"]["id"]
-    for _ in range(50):
-        doc = await service.parts.db.codes.find_one({"_id": alice.jid})
-        if doc["hash"] is None:
-            break
-        await asyncio.sleep(0.05)
+
+    async def voided() -> bool:
+        return (await service.parts.db.codes.find_one({"_id": alice.jid}))["hash"] is None
+
+    await wait_until(voided, message="the refused code to be voided")
     assert_error(await client.post(AUTH, json={"jid": alice.jid, "code": code}), 403)
 
 
@@ -346,7 +345,7 @@ async def test_deny_and_allow_lists(client, service):
 async def test_tokens_list_and_revoke(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     main = await login_over_xmpp(client, alice, device="phone", client="Xabber")
-    issued = [await service.parts.tokens.issue(alice.jid, f"d{i}", "c") for i in range(3)]
+    issued = [await issue_token(service.parts, alice.jid, f"d{i}", "c") for i in range(3)]
     others = {i.token_id: {"Authorization": f"Bearer {i.token}"} for i in issued}
 
     r = await client.get(TOKENS, headers=main)
@@ -415,7 +414,7 @@ async def test_last_used_at_is_written_at_most_once_a_minute(client, service):
 async def test_delete_account_with_code_removes_everything(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     headers = await login_over_xmpp(client, alice)
-    other_token = await service.parts.tokens.issue(alice.jid)
+    other_token = await issue_token(service.parts, alice.jid)
     mine, shared = os.urandom(3000), os.urandom(2000)
     own = (await upload(client, headers, mine, "mine.bin")).json()
     await upload(client, headers, shared, "shared.bin")

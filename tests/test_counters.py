@@ -10,8 +10,7 @@ import os
 from bson import ObjectId
 
 from services.fsck import fsck
-from tests.conftest import login
-from tests.helpers import GIF, WEBM, opaque, sha256, upload, wav
+from tests.helpers import GIF, WEBM, login, opaque, sha256, upload, wav
 
 BUCKETS = ("images", "videos", "voices", "files", "avatars", "total")
 
