@@ -227,3 +227,16 @@ async def test_account_manager_verifies_tokens(ctx, parts):
     assert await parts.tokens.revoke(BOB, revoked.token_id)
     assert await ctx.accounts.verify_token(revoked.token) is None
     assert await ctx.accounts.verify_token(issued.token) is not None  # the others stay valid
+
+
+async def test_slot_without_a_blob_document_keeps_the_stored_content(files, parts):
+    """Regression: with the content's blob document gone (what fsck repairs), a slot request
+    for that content removed its bytes from the store, and the file that has it lost them."""
+    data = opaque(4000)
+    doc = await put(files, ALICE, data, "kept.bin")
+    await parts.db.blobs.delete_one({"_id": sha256(data)})
+    found, _ = await files.slot(ALICE, sha256(data), len(data), "again.bin")
+    assert found is None  # the client uploads it again
+    assert await parts.store.size(sha256(data)) == len(data)
+    assert await read(files, doc["slot_id"], "kept.bin") == data
+    assert (await files.quota(ALICE)).used == len(data)
