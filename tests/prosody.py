@@ -26,7 +26,7 @@ import pytest
 from slixmpp import JID, ClientXMPP, Iq, Message
 
 from settings import Settings
-from tests.helpers import stop_process
+from tests.helpers import bearer, stop_process
 
 DOMAIN = "localhost"
 SERVICE = ("gallery", "gallery-pw")
@@ -284,4 +284,4 @@ async def login_over_xmpp(http: httpx.AsyncClient, user: XmppUser, **fields: Any
     code, _ = await user.next_code()
     r = await http.post(AUTH, json={"jid": user.jid, "code": code, **fields})
     assert r.status_code == 201, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
+    return bearer(r.json()["token"])

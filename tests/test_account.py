@@ -11,7 +11,7 @@ import pytest
 
 import models.codes
 from models.codes import MAX_ATTEMPTS
-from tests.helpers import assert_error, issue_token, login, sha256, stored, upload, user_doc, wait_until
+from tests.helpers import assert_error, bearer, issue_token, login, sha256, stored, upload, user_doc, wait_until
 from tests.prosody import (
     ACCOUNT,
     ADMIN,
@@ -84,7 +84,7 @@ async def test_login_flow_end_to_end(client, service, xmpp_user):
     assert len(login_body["token"]) >= 43
     token_ttl = service.settings.auth.token_ttl
     assert parse_time(login_body["expires"]) > before + dt.timedelta(seconds=token_ttl - 60)
-    headers = {"Authorization": f"Bearer {login_body['token']}"}
+    headers = bearer(login_body["token"])
 
     user = await user_doc(service, "alice@localhost")
     assert user is not None and user["quota"] is None and user["used"] == 0
@@ -346,7 +346,7 @@ async def test_tokens_list_and_revoke(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     main = await login_over_xmpp(client, alice, device="phone", client="Xabber")
     issued = [await issue_token(service.parts, alice.jid, f"d{i}", "c") for i in range(3)]
-    others = {i.token_id: {"Authorization": f"Bearer {i.token}"} for i in issued}
+    others = {i.token_id: bearer(i.token) for i in issued}
 
     r = await client.get(TOKENS, headers=main)
     assert r.status_code == 200
@@ -436,7 +436,7 @@ async def test_delete_account_with_code_removes_everything(client, service, xmpp
     assert await service.parts.db.codes.count_documents({"_id": alice.jid}) == 0
     assert await service.parts.db.files.count_documents({"owner": alice.jid}) == 0
     assert_error(await client.get(QUOTA, headers=headers), 401)
-    assert_error(await client.get(QUOTA, headers={"Authorization": f"Bearer {other_token.token}"}), 401)
+    assert_error(await client.get(QUOTA, headers=bearer(other_token.token)), 401)
     assert (await client.get(own["file"])).status_code == 404
     assert not await stored(service, sha256(mine))
     # content bob still links to stays
