@@ -180,13 +180,13 @@ async def test_an_upload_past_its_admission_overflows(files, parts):
     incoming.feed(b"x" * 10_000)
     with pytest.raises(Overflow):
         incoming.feed(b"x")
-    assert isinstance(files.overflow(admission, 10_001), TooLarge)
+    assert isinstance(files.overflow(10_001), TooLarge)
     await incoming.discard()
     admission.close()
     await parts.users.set_quota(ALICE, 100)
     admission = await files.admit(ALICE)
     assert admission.limit == 100
-    assert isinstance(files.overflow(admission, 101), QuotaExceeded)
+    assert isinstance(files.overflow(101), QuotaExceeded)
     admission.close()
     assert staging(parts.store) == [] and await parts.store.contents() == set()
 
