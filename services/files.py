@@ -222,7 +222,13 @@ class FileManager:
         async with self._locked(sha256):
             before = await self._blobs.acquire(sha256, existing["md5"], size, existing["media_type"])
             if before is None or await self.store.size(sha256) is None:
-                await self._release_blob(sha256)
+                if before is None:
+                    # No blob document although a file has the content (fsck recreates it): give
+                    # back the reference just made without removing bytes that file still needs.
+                    await self._blobs.release(sha256)
+                    await self._blobs.delete_unreferenced(sha256)
+                else:
+                    await self._release_blob(sha256)
                 await self._users.release(owner, size)
                 return None
         derived = Derived(existing.get("width"), existing.get("height"), existing.get("thumbnail"))

@@ -1,18 +1,36 @@
-"""Small helpers shared by the tests."""
+"""Small helpers shared by the tests: sample content, requests, and the one way each of these is
+done: a user with a token (`login`, `issue_token`), settings for a service (`override`; the
+`make_service` fixture in conftest.py boots it), waiting for a condition (`wait_until`), starting
+and stopping a process (`start_server`, `stop_process`), and looking at the store (`stored`,
+`staging`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import hashlib
+import inspect
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from services.context import Parts
+
+if TYPE_CHECKING:
+    from models.tokens import Issued
+    from server import Service
+    from settings import Settings
+    from storage import ContentStore
 
 # Small samples libmagic recognises: a 1x1 GIF, a WebM header, a WAV (a "voice" message).
 GIF = (
@@ -106,13 +124,102 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]
         if proc.poll() is not None:
             raise RuntimeError(text)
         time.sleep(0.05)
-    proc.kill()
+    stop_process(proc)
     raise TimeoutError(log.read_text())
+
+
+def stop_process(process: subprocess.Popen | None, grace: float = 10) -> int | None:
+    """Stop a child process (`python server.py`, Prosody, the embedded database): SIGTERM, up to
+    `grace` seconds to exit, then SIGKILL. When the child leads its own process group (the
+    embedded database starts a session of its own), the SIGKILL goes to the whole group. Blocks;
+    returns the exit status (None: no process)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        leads_group = False
+        with contextlib.suppress(ProcessLookupError):
+            leads_group = os.getpgid(process.pid) == process.pid
+            process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                if leads_group:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            process.wait(5)
+    return process.returncode
+
+
+async def wait_until(predicate: Callable[[], Any], within: float = 10, message: str = "the condition") -> None:
+    """Poll `predicate` (a plain or an async function) every 50 ms until it returns something true;
+    fail with `message` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {message}")
+        await asyncio.sleep(0.05)
+
+
+# -- users with tokens ----------------------------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def issue_token(parts: Parts, jid: str, device: str | None = None, client: str | None = None) -> Issued:
+    """A user (created if new, its login recorded) with a fresh token, as the XMPP login leaves
+    them: the one place tests make users and tokens without a login over XMPP."""
+    await parts.users.ensure(jid)
+    return await parts.tokens.issue(jid, device, client)
+
+
+async def login(target: Service | Parts, jid: str) -> dict[str, str]:
+    """`issue_token` for a running service (or the `parts` of one that runs elsewhere); returns
+    the auth headers."""
+    parts = target if isinstance(target, Parts) else target.parts
+    assert parts is not None, "the service is not started"
+    return bearer((await issue_token(parts, jid)).token)
+
+
+# -- settings for a service -------------------------------------------------------------------------
+
+
+def override(settings: Settings, **overrides: Any) -> Settings:
+    """Apply overrides to `settings` in place: a section takes a dict of its keys
+    (`server={"body_timeout": 1}`), a top-level key its value (`admins=[...]`)."""
+    for key, value in overrides.items():
+        current = getattr(settings, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            for name, item in value.items():
+                if not hasattr(current, name):
+                    raise AttributeError(f"no setting {key}.{name}")
+                setattr(current, name, item)
+        else:
+            setattr(settings, key, value)
+    return settings
+
+
+# -- the store --------------------------------------------------------------------------------------
 
 
 async def stored(service: Any, sha: str) -> bool:
     """The store holds that content (asked through the store's face, whatever the backend)."""
     return await service.parts.store.size(sha) is not None
+
+
+def staging(store: ContentStore) -> list[str]:
+    """What the store's staging area holds now (uploads in flight, work in progress). The face
+    has no call that lists it without removing it (`clean_staging` does), so this is the one
+    place the tests look into the local layout for it."""
+    return sorted(entry.name for entry in store.tmp.iterdir())  # type: ignore[attr-defined]
 
 
 async def user_doc(service: Any, jid: str) -> dict | None:

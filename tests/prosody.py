@@ -26,6 +26,7 @@ import pytest
 from slixmpp import JID, ClientXMPP, Iq, Message
 
 from settings import Settings
+from tests.helpers import bearer, stop_process
 
 DOMAIN = "localhost"
 SERVICE = ("gallery", "gallery-pw")
@@ -137,14 +138,7 @@ class Prosody:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process, grace=10)
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"
@@ -290,4 +284,4 @@ async def login_over_xmpp(http: httpx.AsyncClient, user: XmppUser, **fields: Any
     code, _ = await user.next_code()
     r = await http.post(AUTH, json={"jid": user.jid, "code": code, **fields})
     assert r.status_code == 201, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
+    return bearer(r.json()["token"])

@@ -11,8 +11,7 @@ import pytest
 
 import models.codes
 from models.codes import MAX_ATTEMPTS
-from tests.conftest import login
-from tests.helpers import assert_error, sha256, stored, upload, user_doc
+from tests.helpers import assert_error, bearer, issue_token, login, sha256, stored, upload, user_doc, wait_until
 from tests.prosody import (
     ACCOUNT,
     ADMIN,
@@ -85,7 +84,7 @@ async def test_login_flow_end_to_end(client, service, xmpp_user):
     assert len(login_body["token"]) >= 43
     token_ttl = service.settings.auth.token_ttl
     assert parse_time(login_body["expires"]) > before + dt.timedelta(seconds=token_ttl - 60)
-    headers = {"Authorization": f"Bearer {login_body['token']}"}
+    headers = bearer(login_body["token"])
 
     user = await user_doc(service, "alice@localhost")
     assert user is not None and user["quota"] is None and user["used"] == 0
@@ -156,11 +155,11 @@ async def test_type_iq_refused_by_the_user_voids_the_code(client, service, xmpp_
     alice.answer_iq = deny
     assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
     code = (await asyncio.wait_for(alice.iqs.get(), 10))["confirm"]["id"]
-    for _ in range(50):
-        doc = await service.parts.db.codes.find_one({"_id": alice.jid})
-        if doc["hash"] is None:
-            break
-        await asyncio.sleep(0.05)
+
+    async def voided() -> bool:
+        return (await service.parts.db.codes.find_one({"_id": alice.jid}))["hash"] is None
+
+    await wait_until(voided, message="the refused code to be voided")
     assert_error(await client.post(AUTH, json={"jid": alice.jid, "code": code}), 403)
 
 
@@ -346,8 +345,8 @@ async def test_deny_and_allow_lists(client, service):
 async def test_tokens_list_and_revoke(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     main = await login_over_xmpp(client, alice, device="phone", client="Xabber")
-    issued = [await service.parts.tokens.issue(alice.jid, f"d{i}", "c") for i in range(3)]
-    others = {i.token_id: {"Authorization": f"Bearer {i.token}"} for i in issued}
+    issued = [await issue_token(service.parts, alice.jid, f"d{i}", "c") for i in range(3)]
+    others = {i.token_id: bearer(i.token) for i in issued}
 
     r = await client.get(TOKENS, headers=main)
     assert r.status_code == 200
@@ -415,7 +414,7 @@ async def test_last_used_at_is_written_at_most_once_a_minute(client, service):
 async def test_delete_account_with_code_removes_everything(client, service, xmpp_user):
     alice = await xmpp_user("alice")
     headers = await login_over_xmpp(client, alice)
-    other_token = await service.parts.tokens.issue(alice.jid)
+    other_token = await issue_token(service.parts, alice.jid)
     mine, shared = os.urandom(3000), os.urandom(2000)
     own = (await upload(client, headers, mine, "mine.bin")).json()
     await upload(client, headers, shared, "shared.bin")
@@ -437,7 +436,7 @@ async def test_delete_account_with_code_removes_everything(client, service, xmpp
     assert await service.parts.db.codes.count_documents({"_id": alice.jid}) == 0
     assert await service.parts.db.files.count_documents({"owner": alice.jid}) == 0
     assert_error(await client.get(QUOTA, headers=headers), 401)
-    assert_error(await client.get(QUOTA, headers={"Authorization": f"Bearer {other_token.token}"}), 401)
+    assert_error(await client.get(QUOTA, headers=bearer(other_token.token)), 401)
     assert (await client.get(own["file"])).status_code == 404
     assert not await stored(service, sha256(mine))
     # content bob still links to stays

@@ -8,8 +8,7 @@ import datetime as dt
 import os
 
 from services.fsck import fsck
-from tests.conftest import login
-from tests.helpers import GIF, WEBM, opaque, sha256, upload, wav
+from tests.helpers import GIF, WEBM, login, opaque, sha256, upload, wav
 
 BUCKETS = ("images", "videos", "voices", "files", "avatars", "total")
 

@@ -13,11 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.db import Database
-from models.tokens import Tokens
-from models.users import Users
 from services.fsck import fsck
-from tests.helpers import server_env, sha256, start_server, stored, upload
+from tests.helpers import login, server_env, sha256, staging, start_server, stop_process, stored, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,14 +84,9 @@ def test_fsck_command_exit_status(settings):
 
 
 @pytest.mark.slow
-async def test_sigkill_during_uploads_then_restart_and_fsck(settings, tmp_path):
+async def test_sigkill_during_uploads_then_restart_and_fsck(settings, parts, tmp_path):
     env = server_env(settings)
-    db = Database(settings.mongodb.uri, settings.mongodb.database)
-    users = Users(db.users, settings.quota.default)
-    jid = "crash@example.org"
-    await users.ensure(jid)
-    token = (await Tokens(db.tokens, 3600).issue(jid)).token
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = await login(parts, "crash@example.org")
     proc, url = start_server(env, tmp_path / "first.log")
     committed: dict[str, str] = {}
     try:
@@ -118,8 +110,7 @@ async def test_sigkill_during_uploads_then_restart_and_fsck(settings, tmp_path):
             proc.wait(10)
             await asyncio.gather(*tasks)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        await asyncio.to_thread(stop_process, proc)
     assert 0 < len(committed) < 40, "the kill should land while uploads are in flight"
 
     subprocess.run(
@@ -139,11 +130,8 @@ async def test_sigkill_during_uploads_then_restart_and_fsck(settings, tmp_path):
             quota = (await client.get("/api/v1/account/quota", headers=headers)).json()
             assert quota["used"] == sum(item["size"] for item in slots.values())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-    store = settings.storage_path
-    assert list((store / "tmp").iterdir()) == []
-    on_disk = {p.name for p in (store / "blobs").glob("??/??/*")}
+        await asyncio.to_thread(stop_process, proc, 30)
+    assert staging(parts.store) == []
+    on_disk = await parts.store.contents()
     assert on_disk == {item["sha256"] for item in slots.values()}, "no orphan blob, none missing"
-    assert {d["_id"] async for d in db.blobs.find({})} == on_disk
-    await db.close()
+    assert {d["_id"] async for d in parts.db.blobs.find({})} == on_disk

@@ -6,8 +6,7 @@ import pytest
 from tornado.web import RequestHandler
 
 from handlers import ROUTES
-from tests.conftest import login
-from tests.helpers import assert_error, multipart
+from tests.helpers import assert_error, login, multipart
 
 DEPTH = 50_000
 JSON_ROUTES = [

@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from tests.conftest import login
-from tests.helpers import GIF, assert_error, md5, opaque, sha256, stored, upload, wav
+from tests.helpers import GIF, assert_error, login, md5, opaque, sha256, stored, upload, wav
 from tests.helpers import WEBM as WEBM_HEADER
 
 OGG = wav()  # a voice message

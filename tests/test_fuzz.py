@@ -11,9 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from server import Service
-from tests.conftest import login
-from tests.helpers import ROOT, upload
+from tests.helpers import ROOT, login, upload
 
 ST = Path(sys.executable).with_name("st")
 # /media/ gets a real file to serve; a code request answers 503 by contract (XMPP is not
@@ -39,14 +37,12 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 
 
 @pytest.mark.slow
-async def test_schemathesis_finds_no_server_errors_or_schema_violations(settings, tmp_path):
+async def test_schemathesis_finds_no_server_errors_or_schema_violations(make_service, tmp_path):
     """Every operation, with a valid admin token, a fixed seed and a bounded number of examples.
     Left out: DELETE account/ and DELETE account/tokens/, which would end the run's own login
     (test_account.py covers both)."""
     admin = "fuzz@example.org"
-    settings.admins = [admin]
-    service = Service(settings, data_dir=tmp_path / "data")
-    await service.start()
+    service = await make_service(admins=[admin])
     try:
         headers = await login(service, admin)
         async with httpx.AsyncClient(base_url=service.url) as client:
@@ -86,7 +82,7 @@ async def test_schemathesis_finds_no_server_errors_or_schema_violations(settings
         )
         output, _ = await asyncio.wait_for(process.communicate(), 300)
     finally:
-        await service.stop()
+        await make_service.stop(service)
     text = output.decode("utf-8", "replace")
     Path(os.environ.get("GALLERY_FUZZ_LOG", "/dev/null")).write_text(text)
     assert process.returncode == 0, text[-20000:]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 
 import httpx
 import pytest
 
-from models.db import Database
-from models.tokens import Tokens
-from models.users import Users
 from server import Service
-from tests.conftest import login
-from tests.helpers import assert_error, multipart, server_env, start_server, upload
+from tests.helpers import (
+    assert_error,
+    login,
+    multipart,
+    server_env,
+    staging,
+    start_server,
+    stop_process,
+    upload,
+    wait_until,
+)
 
 
 async def raw(service: Service) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -37,21 +42,14 @@ async def read_status(reader: asyncio.StreamReader) -> int:
     return int(line.split()[1])
 
 
-async def wait_until(predicate, seconds: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 async def test_disconnect_mid_upload_leaves_nothing(service, alice, client):
     _reader, writer = await raw(service)
     writer.write(upload_head(alice, 10_000_000) + PART_START + os.urandom(2_000_000))
     await writer.drain()
-    await wait_until(lambda: any(service.parts.store.tmp.iterdir()))
+    await wait_until(lambda: staging(service.parts.store), message="the upload's bytes in staging")
     writer.close()
-    await wait_until(lambda: not any(service.parts.store.tmp.iterdir()))
-    await wait_until(lambda: not service.ctx.files.gate.active)
+    await wait_until(lambda: not staging(service.parts.store), message="the staging area to be emptied")
+    await wait_until(lambda: not service.ctx.files.gate.active, message="the upload to leave the gate")
     assert (await client.get("/api/v1/account/quota", headers=alice)).json()["used"] == 0
 
 
@@ -64,7 +62,7 @@ async def test_concurrent_uploads_are_bounded(service, alice, bob):
         writer.write(upload_head(alice, 1_000_000) + PART_START + b"x" * 1000)
         await writer.drain()
         held.append(writer)
-    await wait_until(lambda: gate.active["alice@example.org"] == 2)
+    await wait_until(lambda: gate.active["alice@example.org"] == 2, message="alice's two uploads in the gate")
     async with httpx.AsyncClient(base_url=service.url) as c:
         r = await upload(c, alice, b"third", "c")
         assert_error(r, 429)
@@ -73,13 +71,13 @@ async def test_concurrent_uploads_are_bounded(service, alice, bob):
         writer.write(upload_head(bob, 1_000_000) + PART_START)
         await writer.drain()
         held.append(writer)
-        await wait_until(lambda: gate.active.total() == 3)
+        await wait_until(lambda: gate.active.total() == 3, message="three uploads in the gate")
         r = await upload(c, await login(service, "carol@example.org"), b"fourth", "d")
         assert_error(r, 503)
         assert r.headers["Retry-After"] == "1"
         for w in held:
             w.close()
-        await wait_until(lambda: not gate.active)
+        await wait_until(lambda: not gate.active, message="the gate to empty")
         assert (await upload(c, alice, b"now it fits", "e")).status_code == 201
 
 
@@ -158,13 +156,8 @@ async def test_client_that_stops_reading_a_download(service, alice, client):
 
 
 @pytest.fixture
-async def strict_service(settings, tmp_path: Path):
-    settings.server.idle_connection_timeout = 1
-    settings.server.body_timeout = 1
-    svc = Service(settings, data_dir=tmp_path / "data")
-    await svc.start()
-    yield svc
-    await svc.stop()
+async def strict_service(make_service) -> Service:
+    return await make_service(server={"idle_connection_timeout": 1, "body_timeout": 1})
 
 
 async def test_slow_headers_are_cut_off(strict_service):
@@ -193,20 +186,16 @@ async def test_slow_body_is_cut_off(strict_service):
     writer.write(upload_head(headers, 5_000_000) + PART_START + b"x" * 100_000)
     await writer.drain()
     await asyncio.wait_for(reader.read(), 10)  # the server gives up and closes
-    await wait_until(lambda: not any(strict_service.parts.store.tmp.iterdir()))
-    await wait_until(lambda: not strict_service.ctx.files.gate.active)
+    await wait_until(lambda: not staging(strict_service.parts.store), message="the staging area to be emptied")
+    await wait_until(lambda: not strict_service.ctx.files.gate.active, message="the upload to leave the gate")
 
 
-async def test_sigterm_drains_uploads_in_flight(settings, tmp_path):
+async def test_sigterm_drains_uploads_in_flight(settings, parts, tmp_path):
     """SIGTERM: the upload in flight finishes, new ones are refused, then exit status 0."""
     env = server_env(settings)
     proc, url = start_server(env, tmp_path / "server.log")
     try:
-        db = Database(settings.mongodb.uri, settings.mongodb.database)
-        await Users(db.users, settings.quota.default).ensure("d@example.org")
-        token = (await Tokens(db.tokens, 3600).issue("d@example.org")).token
-        await db.close()
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = await login(parts, "d@example.org")
         host, port = url.removeprefix("http://").split(":")
         payload = os.urandom(3_000_000)
         _, body = multipart([("file", "late.bin", payload)], boundary="B")
@@ -228,5 +217,4 @@ async def test_sigterm_drains_uploads_in_flight(settings, tmp_path):
         writer.close()
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        await asyncio.to_thread(stop_process, proc)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from imaging.pool import JobFailed, PoolImaging
 from settings import ImagingSettings
-from tests.helpers import upload
+from tests.helpers import staging, upload
 
 RED, GREEN, BLUE, YELLOW = (220, 20, 20), (20, 200, 20), (20, 20, 220), (230, 220, 20)
 FORMAT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -268,7 +268,7 @@ async def test_broken_and_fake_images_are_stored_without_thumbnail(client, alice
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
     body, im = await thumbnail_of(client, alice, svg, "vector.svg")
     assert im is None
-    assert list((service.settings.storage_path / "tmp").iterdir()) == []
+    assert staging(service.parts.store) == []
 
 
 async def test_thumbnail_can_be_turned_off_and_made_later(client, alice):

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 
 import httpx
 import pytest
 
-from models.db import Database
-from models.tokens import Tokens
-from models.users import Users
-from tests.helpers import server_env, sha256, start_server, upload
+from tests.helpers import login, server_env, sha256, start_server, stop_process, upload
 
 USERS = 5
 CONCURRENCY = 200
@@ -35,20 +31,14 @@ def peak_rss_mib(pid: int) -> float:
 
 
 @pytest.mark.slow
-async def test_mixed_load_loses_nothing(settings, tmp_path):
+async def test_mixed_load_loses_nothing(settings, parts, tmp_path):
     env = {**server_env(settings), "GALLERY_LIMITS_CONCURRENT_UPLOADS": str(CONCURRENCY)}
     proc, url = start_server(env, tmp_path / "server.log")
     rng = random.Random(20261122)
     statuses: dict[int, int] = {}
     stored: dict[str, dict] = {}  # slot_id -> file object from a 201
     try:
-        db = Database(settings.mongodb.uri, settings.mongodb.database)
-        users, tokens = Users(db.users, settings.quota.default), Tokens(db.tokens, 3600)
-        headers = []
-        for i in range(USERS):
-            jid = f"load{i}@example.org"
-            await users.ensure(jid)
-            headers.append({"Authorization": f"Bearer {(await tokens.issue(jid)).token}"})
+        headers = [await login(parts, f"load{i}@example.org") for i in range(USERS)]
         payloads = [os.urandom(rng.choice([1000, 20_000, 300_000, 1_000_000, 5_000_000])) for _ in range(24)]
         plan = [
             (rng.choice(["upload", "upload", "list", "download", "range", "slot", "stats"]), rng.randrange(USERS))
@@ -114,7 +104,5 @@ async def test_mixed_load_loses_nothing(settings, tmp_path):
         peak = peak_rss_mib(proc.pid)
         assert peak < RSS_LIMIT_MIB, f"server peak RSS {peak:.0f} MiB"
         print(f"load: {sum(statuses.values())} requests {statuses}, server peak RSS {peak:.0f} MiB")
-        await db.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(proc.wait, 30)
+        await asyncio.to_thread(stop_process, proc, 30)

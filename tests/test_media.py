@@ -162,6 +162,8 @@ async def test_x_accel_redirect(client, stored, service):
     r = await client.get(f["file"])
     assert r.status_code == 200 and r.content == b""
     sha = f["sha256"]
+    # About the local store's layout: the path below storage.path that the proxy's internal
+    # location serves (docs/deployment.md), content fanned out by its sha256.
     assert r.headers["X-Accel-Redirect"] == f"/_store/blobs/{sha[:2]}/{sha[2:4]}/{sha}"
     assert r.headers["Content-Disposition"].startswith("attachment")
     assert r.headers["X-Content-Type-Options"] == "nosniff"

@@ -16,7 +16,7 @@ import settings as settings_module
 from handlers import ROUTES
 from handlers.base import BaseHandler
 from settings import SettingsError
-from tests.helpers import assert_error
+from tests.helpers import assert_error, bearer, issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +28,7 @@ async def test_healthz(client):
 
 
 async def test_healthz_names_failing_storage(client, service):
+    # About the local store's layout: its staging directory replaced by a file breaks writes.
     tmp = service.parts.store.tmp
     tmp.rename(tmp.with_name("moved"))
     tmp.write_text("not a directory")  # writes into tmp/ now fail, even for root
@@ -101,19 +102,18 @@ async def test_auth_keyword_case_insensitive(client, alice):
 
 
 async def test_expired_and_revoked_tokens(client, service):
-    issued = await service.parts.tokens.issue("t@example.org")
-    await service.parts.users.ensure("t@example.org")
-    headers = {"Authorization": f"Bearer {issued.token}"}
+    issued = await issue_token(service.parts, "t@example.org")
+    headers = bearer(issued.token)
     assert (await client.get("/api/v1/files/", headers=headers)).status_code == 200
     await service.parts.db.tokens.update_one({"_id": issued.token_id}, {"$set": {"expires": issued.expires.replace(year=2000)}})
     assert_error(await client.get("/api/v1/files/", headers=headers), 401)
-    other = await service.parts.tokens.issue("t@example.org")
+    other = await issue_token(service.parts, "t@example.org")
     assert await service.parts.tokens.revoke("t@example.org", other.token_id)
-    assert_error(await client.get("/api/v1/files/", headers={"Authorization": f"Bearer {other.token}"}), 401)
+    assert_error(await client.get("/api/v1/files/", headers=bearer(other.token)), 401)
 
 
 async def test_tokens_stored_as_hashes(service):
-    issued = await service.parts.tokens.issue("h@example.org")
+    issued = await issue_token(service.parts, "h@example.org")
     doc = await service.parts.db.tokens.find_one({"_id": issued.token_id})
     assert issued.token not in str(doc)
     assert len(issued.token) >= 43  # 32 random bytes, url-safe

@@ -8,8 +8,7 @@ import os
 import httpx
 import pytest
 
-from tests.conftest import login
-from tests.helpers import assert_error, md5, multipart, opaque, sha256, upload
+from tests.helpers import assert_error, login, md5, multipart, opaque, sha256, staging, upload
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")  # header is enough to sniff
 
@@ -33,7 +32,7 @@ async def test_upload_returns_file_object_and_stores_content(client, alice, serv
     assert body["used"] == len(data) and body["quota"] == service.settings.quota.default
     got = await client.get(body["file"])
     assert got.status_code == 200 and got.content == data
-    assert list((service.settings.storage_path / "tmp").iterdir()) == []
+    assert staging(service.parts.store) == []
 
 
 async def test_media_type_is_sniffed_not_declared(client, alice):
@@ -123,7 +122,7 @@ async def test_too_large_rejected_early_and_midstream(client, alice, service):
     except httpx.HTTPError:
         pass  # the server may close the connection before the client finished sending
     await asyncio.sleep(0.2)
-    assert list((service.settings.storage_path / "tmp").iterdir()) == []
+    assert staging(service.parts.store) == []
     quota = (await client.get("/api/v1/account/quota/", headers=alice)).json()
     assert quota["used"] == 0
 
@@ -165,8 +164,7 @@ async def test_dedup_across_users_is_invisible(client, alice, bob, service):
     a = (await upload(client, alice, data, "a.bin")).json()
     b = (await upload(client, bob, data, "b.bin")).json()
     assert a["slot_id"] != b["slot_id"] and a["id"] != b["id"]
-    blobs = list((service.settings.storage_path / "blobs").rglob("*"))
-    assert len([p for p in blobs if p.is_file()]) == 1
+    assert len(await service.parts.store.contents()) == 1
     # deleting one owner's link keeps the other's content
     r = await client.request("DELETE", "/api/v1/files/", headers=alice, params={"id": a["id"]})
     assert r.status_code == 200 and r.json()["deleted"] == 1

@@ -18,38 +18,32 @@ import settings as settings_module
 from server import Service
 from services.accounts import address_key, parse_code
 from services.errors import Invalid
-from settings import Settings, SettingsError, XmppSettings
-from tests.helpers import assert_error
+from settings import SettingsError, XmppSettings
+from tests.conftest import ServiceFactory
+from tests.helpers import assert_error, wait_until
 from tests.prosody import AUTH, Prosody, configure, login_over_xmpp, request_code
 from xmpp import jids
 from xmpp.client import XmppClient, XmppUnavailable
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    service = Service(settings, data_dir=tmp_path / "data")
-    await service.start()
+async def running(make_service: ServiceFactory) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    """The service on the test's settings, and a client, for the `async with` block only."""
+    service = await make_service()
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
             yield service, client
     finally:
-        await service.stop()
+        await make_service.stop(service)
 
 
 async def health(client: httpx.AsyncClient) -> httpx.Response:
     return await client.get("/healthz")
 
 
-async def wait_for(predicate, within: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def test_healthz_shows_the_xmpp_session(settings, prosody, tmp_path):
-    async with running(configure(settings, prosody), tmp_path) as (service, client):
+async def test_healthz_shows_the_xmpp_session(settings, prosody, make_service):
+    configure(settings, prosody)
+    async with running(make_service) as (service, client):
         r = await health(client)
         assert r.status_code == 200
         assert r.json() == {"status": "ok", "db": "ok", "xmpp": "connected", "storage": "ok"}
@@ -63,13 +57,13 @@ async def test_without_xmpp_code_requests_are_503(client):
     assert (await health(client)).json()["xmpp"] == "disabled"
 
 
-async def test_xmpp_down_and_back(settings, own_prosody: Prosody, tmp_path, xmpp_user):
+async def test_xmpp_down_and_back(settings, own_prosody: Prosody, make_service, xmpp_user):
     """Down at start-up, up, dropped mid-test, up again on the same port: codes flow whenever
     the session is up, and every request in between is a 503."""
     own_prosody.stop()
     configure(settings, own_prosody)
     started = time.monotonic()
-    async with running(settings, tmp_path) as (service, client):
+    async with running(make_service) as (service, client):
         assert time.monotonic() - started < 5  # a failed first attempt does not hold up start-up
         xmpp = service.parts.xmpp
         xmpp.backoff_max = 1
@@ -80,12 +74,12 @@ async def test_xmpp_down_and_back(settings, own_prosody: Prosody, tmp_path, xmpp
         assert "XMPP" in body["error"]
 
         own_prosody.start()
-        await wait_for(lambda: _healthy(client), what="the first session")
+        await wait_until(lambda: _healthy(client), 15, "the first session")
         alice = await xmpp_user("alice", server=own_prosody)
         await login_over_xmpp(client, alice)
 
         own_prosody.stop()  # the server goes away mid-test
-        await wait_for(lambda: _unhealthy(client), what="the session to be noticed lost")
+        await wait_until(lambda: _unhealthy(client), 15, "the session to be noticed lost")
         r = await health(client)
         assert r.json()["xmpp"] in ("connecting", "disconnected")
         r = await request_code(client, "alice@localhost")
@@ -94,7 +88,7 @@ async def test_xmpp_down_and_back(settings, own_prosody: Prosody, tmp_path, xmpp
         assert (await service.parts.db.codes.find_one({"_id": "alice@localhost"}))["hash"] is None  # no live code
 
         own_prosody.start()  # same port, same data
-        await wait_for(lambda: _healthy(client), what="the reconnect")
+        await wait_until(lambda: _healthy(client), 15, "the reconnect")
         assert xmpp.sessions == 2
         alice = await xmpp_user("alice", server=own_prosody)
         await login_over_xmpp(client, alice)
@@ -128,10 +122,7 @@ async def test_a_frozen_server_is_detected(settings, own_prosody: Prosody, xmpp_
                 await xmpp.send_code(jids.parse(alice.jid), "654321", "http://example/auth", "message")
             assert time.monotonic() - started < 5
 
-            async def lost() -> bool:
-                return xmpp.state != "connected"
-
-            await wait_for(lost, what="the keepalive to end the session")
+            await wait_until(lambda: xmpp.state != "connected", 15, "the keepalive to end the session")
         finally:
             os.kill(own_prosody.process.pid, signal.SIGCONT)
         await xmpp.wait_connected(15)
@@ -141,21 +132,21 @@ async def test_a_frozen_server_is_detected(settings, own_prosody: Prosody, xmpp_
     assert xmpp.state == "stopped"
 
 
-async def test_wrong_password_never_connects(settings, prosody, tmp_path):
+async def test_wrong_password_never_connects(settings, prosody, make_service):
     configure(settings, prosody)
     settings.xmpp.password = "wrong"
     started = time.monotonic()
-    async with running(settings, tmp_path) as (_service, client):
+    async with running(make_service) as (_service, client):
         assert time.monotonic() - started < 5
         r = await health(client)
         assert r.status_code == 503 and r.json()["xmpp"] in ("connecting", "disconnected")
         assert_error(await request_code(client, "alice@localhost"), 503)
 
 
-async def test_require_tls_refuses_a_plain_server(settings, own_prosody: Prosody, tmp_path):
+async def test_require_tls_refuses_a_plain_server(settings, own_prosody: Prosody, make_service):
     configure(settings, own_prosody)
     settings.xmpp.require_tls = True  # the test server offers no TLS at all
-    async with running(settings, tmp_path) as (service, client):
+    async with running(make_service) as (service, client):
         assert service.parts.xmpp.state != "connected"
         assert_error(await request_code(client, "alice@localhost"), 503)
     assert "Authenticated as gallery@localhost" not in own_prosody.log.read_text()  # no password sent
@@ -174,8 +165,9 @@ async def test_stop_leaves_no_tasks_behind(settings, prosody):
         await xmpp.send_code(jids.parse("alice@localhost"), "123456", "http://example/auth")
 
 
-async def test_code_message_is_sent_to_the_full_jid_given(settings, prosody, tmp_path, xmpp_user):
-    async with running(configure(settings, prosody), tmp_path) as (_service, client):
+async def test_code_message_is_sent_to_the_full_jid_given(settings, prosody, make_service, xmpp_user):
+    configure(settings, prosody)
+    async with running(make_service) as (_service, client):
         bob = await xmpp_user("bob", presence=False)  # no presence: only a full JID reaches him live
         assert (await request_code(client, bob.full_jid)).status_code == 201
         code, msg = await bob.next_code()
