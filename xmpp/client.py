@@ -8,7 +8,15 @@ open) or "disconnected" (waiting to retry), and "stopped" after `stop()`.
 `send_code()` really attempts delivery and reports failure: it refuses when there is no session,
 sends the stanza, then sends a ping to our own server and waits for its answer. A c2s stream is
 processed in order, so that answer proves the server took the code stanza; an error bounce for it
-that arrives before the answer (for example: no such user) counts as a failed delivery.
+that arrives before the answer (for example: no such user) counts as a failed delivery. It never
+waits for the user's client to answer a confirm IQ (some clients never do).
+
+When is a ping "unanswered"? Not after a fixed time on our own clock from the moment it was
+queued: the service shares its event loop with everything else in the process, and a busy process
+(or machine) can leave a stanza in our own send queue, or our loop asleep, for longer than any
+sensible timeout while the server answers at once. The ping counts as unanswered only when the
+server has been silent for `send_timeout` seconds measured from the moment the ping really left
+(stamped by an outgoing filter), and only after the loop has read what the socket holds.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ log = logging.getLogger("gallery.xmpp")
 
 HTTP_AUTH_NS = "http://jabber.org/protocol/http-auth"
 PLUGINS = ("xep_0030", "xep_0070", "xep_0199", "xep_0334")
+
+
+# slixmpp's own IQ timer, for the barrier ping: far away, since silence is judged here instead
+PING_HOLD = 3600.0
+POLL = 0.05  # seconds: one turn of the loop that reads the socket before silence is judged
 
 
 class XmppUnavailable(Exception):
@@ -69,6 +82,8 @@ class XmppClient:
         self._attempt: asyncio.Future[str] | None = None  # the outcome of one connection attempt
         self._lost: asyncio.Future[None] | None = None  # resolved when the open session ends
         self._bounces: dict[str, asyncio.Future[str]] = {}  # message id -> error condition
+        self._sent_at: dict[str, float | None] = {}  # barrier ping id -> loop time it left (None: queued)
+        self._heard = 0.0  # loop time of the last stanza received from the server
         self._background: set[asyncio.Task] = set()
         self._stopping = False
 
@@ -155,6 +170,8 @@ class XmppClient:
         client.add_event_handler("disconnected", self._on_disconnected)
         client.add_event_handler("failed_all_auth", self._on_auth_failed)
         client.add_event_handler("message_error", self._on_message_error)
+        client.add_filter("out", self._on_outgoing)
+        client.add_filter("in", self._on_incoming)
         return client
 
     def _address(self) -> str:
@@ -192,6 +209,16 @@ class XmppClient:
             self._lost.set_result(None)
         if self.state == "connected":
             self.state = "disconnected"
+
+    def _on_outgoing(self, stanza: Any) -> Any:
+        """Called by slixmpp's send loop right before the stanza is written to the socket."""
+        if isinstance(stanza, Iq) and stanza["id"] in self._sent_at:
+            self._sent_at[stanza["id"]] = asyncio.get_running_loop().time()
+        return stanza
+
+    def _on_incoming(self, stanza: Any) -> Any:
+        self._heard = asyncio.get_running_loop().time()
+        return stanza
 
     def _on_message_error(self, msg: Message) -> None:
         waiter = self._bounces.get(msg["id"])
@@ -267,16 +294,49 @@ class XmppClient:
                 return
 
     async def _server_answers(self, lost: asyncio.Future[None]) -> bool:
-        """A ping to our own server: True once it answers (an error answer counts)."""
+        """A ping to our own server: True once it answers (an error answer counts); False when the
+        session ends, or the server stays silent for `send_timeout` seconds after the ping left."""
         client = self._client
         assert client is not None
-        ping = client.plugin["xep_0199"].send_ping(JID(client.boundjid.domain), timeout=self.send_timeout)
-        await asyncio.wait({ping, lost}, timeout=self.send_timeout + 1, return_when=asyncio.FIRST_COMPLETED)
-        if not ping.done():
-            ping.cancel()
-            return False
-        error = ping.exception()
-        return error is None or isinstance(error, IqError)
+        loop = asyncio.get_running_loop()
+        iq = client.make_iq_get(ito=JID(client.boundjid.domain))
+        iq.enable("ping")
+        key = iq["id"]
+        self._sent_at[key] = None
+        started = loop.time()
+        ping = iq.send(timeout=PING_HOLD)
+        try:
+            while True:
+                left_at = self._sent_at.get(key)
+                if left_at is None:  # still in our own send queue: not the server's fault
+                    wait = self.send_timeout
+                else:
+                    wait = max(POLL, max(left_at, self._heard) + self.send_timeout - loop.time())
+                await asyncio.wait({ping, lost}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not ping.done() and not lost.done():
+                    # The timer may have fired on a loop that just woke from a stall: read the
+                    # socket once before blaming the server.
+                    await asyncio.sleep(POLL)
+                if ping.done():
+                    if ping.cancelled():
+                        return False
+                    error = ping.exception()
+                    return error is None or isinstance(error, IqError)
+                if lost.done():
+                    return False
+                left_at = self._sent_at.get(key)
+                now = loop.time()
+                if left_at is None:
+                    if now - started > 3 * self.send_timeout:
+                        return False  # our send queue is stuck
+                elif now - max(left_at, self._heard) >= self.send_timeout or now - left_at > 3 * self.send_timeout:
+                    return False  # silent since the ping left, or talking without ever answering it
+        finally:
+            self._sent_at.pop(key, None)
+            if not ping.done():
+                ping.cancel()
+                client.remove_handler(f"IqCallback_{key}")
+                client.cancel_schedule(f"IqTimeout_{key}")
 
     # -- delivery --------------------------------------------------------------------------
     async def send_code(
@@ -287,24 +347,29 @@ class XmppClient:
         kind: str = "message",
         on_denied: Callable[[], Awaitable[None]] | None = None,
         answer_within: float = 300,
+        stanza_id: str | None = None,
     ) -> None:
         """Deliver `code` to `to`: a chat message, or (`kind="iq"`) an IQ get; both carry the
-        XEP-0070 <confirm/>. Returns once our server has taken it; XmppUnavailable otherwise.
-        For an IQ, `on_denied` runs if the user's client answers <not-authorized/> within
-        `answer_within` seconds (the code's lifetime)."""
+        XEP-0070 <confirm/>, and `stanza_id` (the request id) when given: a client matches the
+        confirm IQ to its HTTP request by it. Returns once our server has taken the stanza, without
+        waiting for the user's client; XmppUnavailable otherwise. For an IQ, `on_denied` runs if
+        the user's client answers <not-authorized/> within `answer_within` seconds (the code's
+        lifetime)."""
         client = self._client
         lost = self._lost
         if client is None or lost is None or lost.done() or self.state != "connected":
             raise XmppUnavailable("the service's XMPP account is not connected")
         if kind == "iq":
             iq = client.make_iq_get(ito=to)
+            if stanza_id:
+                iq["id"] = stanza_id
             self._confirm(iq, code, url)
             reply = iq.send(timeout=max(self.send_timeout, answer_within))
             reply.add_done_callback(lambda f: self._on_iq_reply(f, to, on_denied))
             await self._barrier(lost, refused=reply)
             return
         msg = client.make_message(mto=to, mbody=f"Verification code is {code}", mtype="chat")
-        msg["id"] = uuid.uuid4().hex
+        msg["id"] = stanza_id or uuid.uuid4().hex
         self._confirm(msg, code, url)
         msg.enable("no-store")
         bounce: asyncio.Future[str] = asyncio.get_running_loop().create_future()
