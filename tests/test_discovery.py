@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-import httpx
 import pytest
 from slixmpp import JID
 
