@@ -141,6 +141,55 @@ async def test_a_frozen_server_is_detected(settings, own_prosody: Prosody, xmpp_
     assert xmpp.state == "stopped"
 
 
+@pytest.mark.parametrize("kind", ["message", "iq"])
+async def test_a_busy_process_does_not_fail_delivery(settings, prosody, xmpp_user, kind):
+    """Under load the process that runs the service (here it shares its loop with the user's
+    client, as in the test suite) can be busy for longer than `send_timeout` right after a code
+    was queued. The server answers at once when the stanzas finally leave: that is a delivery,
+    not a 503. (The delivery ping used to time out on our own clock, counting the stall.)"""
+    configure(settings, prosody)
+    xmpp = XmppClient(settings.xmpp, send_timeout=1)
+    await xmpp.start()
+    try:
+        alice = await xmpp_user("alice")
+        to = jids.parse(alice.full_jid if kind == "iq" else alice.jid)
+        for stall in (1.5, 2.5):  # longer than send_timeout, and than send_timeout + 1
+            asyncio.get_running_loop().call_soon(time.sleep, stall)  # the loop is blocked next
+            started = time.monotonic()
+            await xmpp.send_code(to, "123456", "http://example/auth", kind, stanza_id=f"busy-{stall}")
+            assert time.monotonic() - started < stall + 1  # and not held back once the loop runs
+            if kind == "iq":
+                iq = await asyncio.wait_for(alice.iqs.get(), 10)
+                assert (iq["id"], iq["confirm"]["id"]) == (f"busy-{stall}", "123456")
+            else:
+                code, msg = await alice.next_code()
+                assert (msg["id"], code) == (f"busy-{stall}", "123456")
+    finally:
+        await xmpp.stop()
+
+
+async def test_a_server_slower_than_send_timeout_in_total_but_never_silent_that_long(settings, own_prosody, xmpp_user):
+    """The server is frozen for most of send_timeout after the code left, then answers: a
+    delivery. A server that stays silent longer is a failure (test_a_frozen_server_is_detected)."""
+    configure(settings, own_prosody)
+    xmpp = XmppClient(settings.xmpp, send_timeout=2)
+    await xmpp.start()
+    try:
+        alice = await xmpp_user("alice", server=own_prosody)
+        assert own_prosody.process is not None
+        pid = own_prosody.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(1.5, os.kill, pid, signal.SIGCONT)
+        try:
+            await xmpp.send_code(jids.parse(alice.jid), "123456", "http://example/auth", "message")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, _ = await alice.next_code()
+        assert code == "123456"
+    finally:
+        await xmpp.stop()
+
+
 async def test_wrong_password_never_connects(settings, prosody, tmp_path):
     configure(settings, prosody)
     settings.xmpp.password = "wrong"
