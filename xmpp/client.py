@@ -14,9 +14,10 @@ waits for the user's client to answer a confirm IQ (some clients never do).
 When is a ping "unanswered"? Not after a fixed time on our own clock from the moment it was
 queued: the service shares its event loop with everything else in the process, and a busy process
 (or machine) can leave a stanza in our own send queue, or our loop asleep, for longer than any
-sensible timeout while the server answers at once. The ping counts as unanswered only when the
-server has been silent for `send_timeout` seconds measured from the moment the ping really left
-(stamped by an outgoing filter), and only after the loop has read what the socket holds.
+sensible timeout while the server answers at once; the timer then fires before the answer that is
+already on its way can be read. The ping counts as unanswered only when the server has been silent
+for `send_timeout` seconds after the ping really left (stamped by an outgoing filter), counted only
+while this process runs (see `_server_answers`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ PLUGINS = ("xep_0030", "xep_0070", "xep_0199", "xep_0334")
 
 # slixmpp's own IQ timer, for the barrier ping: far away, since silence is judged here instead
 PING_HOLD = 3600.0
-POLL = 0.05  # seconds: one turn of the loop that reads the socket before silence is judged
+SLICE = 0.1  # seconds: silence is counted in slices this long
+STALL = 0.2  # beyond SLICE + STALL a slice was a stall of this process: the rest is not counted
 
 
 class XmppUnavailable(Exception):
@@ -295,7 +297,13 @@ class XmppClient:
 
     async def _server_answers(self, lost: asyncio.Future[None]) -> bool:
         """A ping to our own server: True once it answers (an error answer counts); False when the
-        session ends, or the server stays silent for `send_timeout` seconds after the ping left."""
+        session ends, or the server stays silent for `send_timeout` seconds after the ping left.
+
+        Silence is counted in short slices, and only while this process really runs: of a slice
+        that took much longer than asked (the loop was blocked, the process or the whole machine
+        was not scheduled) only SLICE + STALL counts, and the next slice reads the socket first.
+        Time the ping spends in our own send queue is not silence either. Any stanza from the
+        server resets it."""
         client = self._client
         assert client is not None
         loop = asyncio.get_running_loop()
@@ -303,20 +311,13 @@ class XmppClient:
         iq.enable("ping")
         key = iq["id"]
         self._sent_at[key] = None
-        started = loop.time()
         ping = iq.send(timeout=PING_HOLD)
+        silent = waited = 0.0  # counted seconds: without a word from the server, and in all
+        heard = self._heard
         try:
             while True:
-                left_at = self._sent_at.get(key)
-                if left_at is None:  # still in our own send queue: not the server's fault
-                    wait = self.send_timeout
-                else:
-                    wait = max(POLL, max(left_at, self._heard) + self.send_timeout - loop.time())
-                await asyncio.wait({ping, lost}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if not ping.done() and not lost.done():
-                    # The timer may have fired on a loop that just woke from a stall: read the
-                    # socket once before blaming the server.
-                    await asyncio.sleep(POLL)
+                began = loop.time()
+                await asyncio.wait({ping, lost}, timeout=SLICE, return_when=asyncio.FIRST_COMPLETED)
                 if ping.done():
                     if ping.cancelled():
                         return False
@@ -324,13 +325,14 @@ class XmppClient:
                     return error is None or isinstance(error, IqError)
                 if lost.done():
                     return False
-                left_at = self._sent_at.get(key)
-                now = loop.time()
-                if left_at is None:
-                    if now - started > 3 * self.send_timeout:
-                        return False  # our send queue is stuck
-                elif now - max(left_at, self._heard) >= self.send_timeout or now - left_at > 3 * self.send_timeout:
-                    return False  # silent since the ping left, or talking without ever answering it
+                took = loop.time() - began
+                counted = min(took, SLICE + STALL)  # a stalled slice counts no more than a normal one
+                waited += counted
+                if self._sent_at.get(key) is not None:  # it left: the server's turn
+                    silent = 0.0 if self._heard != heard else silent + counted
+                heard = self._heard
+                if silent >= self.send_timeout or waited >= 3 * self.send_timeout:
+                    return False
         finally:
             self._sent_at.pop(key, None)
             if not ping.done():
