@@ -5,7 +5,8 @@ was used or withdrawn), `attempts` (wrong answers so far), `expires` (the code's
 `request_id`, `requested_at` (for the minimum interval between two requests for one JID),
 `used_at` (set when the code was used to log in), `to` and `kind` (where and how it was sent).
 The document leaves with its code (TTL): a void code answers 429 until then, and the interval is
-kept exactly as long as `auth.code_interval` ≤ `auth.code_ttl` (the defaults: 30 s, 300 s).
+kept exactly as long as `auth.code_interval` ≤ `auth.code_ttl` (the defaults: 30 s, 300 s). A used
+code's document stays an hour (USED_KEPT), so the next request knows that it follows a login.
 
 Within the interval a new code is made only (1) after the previous one was used: the user proved
 control of the JID, so the next login (a client that logs in on every reconnect) is not held up;
@@ -33,6 +34,7 @@ from models.db import utcnow
 
 MAX_ATTEMPTS = 5
 DIGITS = 6
+USED_KEPT = 3600  # seconds a used code's document stays (the per-JID limit's window)
 
 
 def new_code() -> str:
@@ -166,7 +168,11 @@ class Codes:
         assert doc is not None
         guard = {"_id": jid, "request_id": doc["request_id"], "hash": {"$ne": None}, "attempts": {"$lt": MAX_ATTEMPTS}}
         if hmac.compare_digest(doc["hash"], code_hash(doc["request_id"], jid, code)):
-            result = await self.c.update_one({**guard, "expires": {"$gt": now}}, {"$set": {"hash": None, "used_at": now}})
+            # The document of a used code stays for USED_KEPT: the next request knows it follows a login.
+            kept = max(doc["expires"], now + dt.timedelta(seconds=USED_KEPT))
+            result = await self.c.update_one(
+                {**guard, "expires": {"$gt": now}}, {"$set": {"hash": None, "used_at": now, "expires": kept}}
+            )
             if result.modified_count == 1:
                 return Verdict(Outcome.ACCEPTED)
         else:

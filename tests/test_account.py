@@ -267,6 +267,17 @@ async def test_a_used_code_does_not_hold_up_the_next_login(client, service, xmpp
     assert "for this JID" in r.json()["error"]
 
 
+@pytest.mark.parametrize("overrides", [{"auth.code_ttl": 60}], indirect=True)
+async def test_a_login_is_remembered_for_an_hour(client, service, xmpp_user):
+    """Long after the code's own lifetime, the next request still counts as one after a login."""
+    alice = await xmpp_user("alice")
+    await login_over_xmpp(client, alice)
+    doc = await service.parts.db.codes.find_one({"_id": alice.jid})
+    assert doc["hash"] is None and doc["used_at"] is not None
+    assert doc["expires"] - doc["used_at"] >= dt.timedelta(seconds=models.codes.USED_KEPT - 1)  # the TTL keeps it
+    assert await service.parts.codes.admission(alice.jid, alice.jid, "message") == (0, True)
+
+
 @pytest.mark.parametrize("overrides", [{"auth.code_interval": 30, "auth.codes_per_address_per_hour": 3}], indirect=True)
 async def test_asking_again_counts_against_the_address(client, service, xmpp_user):
     alice = await xmpp_user("alice")
