@@ -2,9 +2,17 @@
 
 A document per JID: `hash` (HMAC-SHA256 of the code keyed by the request id; null once the code
 was used or withdrawn), `attempts` (wrong answers so far), `expires` (the code's end; TTL index),
-`request_id`, `requested_at` (for the minimum interval between two requests for one JID).
+`request_id`, `requested_at` (for the minimum interval between two requests for one JID),
+`used_at` (set when the code was used to log in), `to` and `kind` (where and how it was sent).
 The document leaves with its code (TTL): a void code answers 429 until then, and the interval is
-kept exactly as long as `auth.code_interval` ≤ `auth.code_ttl` (the defaults: 30 s, 300 s).
+kept exactly as long as `auth.code_interval` ≤ `auth.code_ttl` (the defaults: 30 s, 300 s). A used
+code's document stays an hour (USED_KEPT), so the next request knows that it follows a login.
+
+Within the interval a new code is made only (1) after the previous one was used: the user proved
+control of the JID, so the next login (a client that logs in on every reconnect) is not held up;
+or (2) for a `type=iq` request to the same full JID the live code was sent to (a web client that
+reconnected before it could use it): the new code replaces the old one, which stops working, and
+the wrong attempts made on the old one carry over, so replacing codes never buys more guesses.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from models.db import utcnow
 
 MAX_ATTEMPTS = 5
 DIGITS = 6
+USED_KEPT = 3600  # seconds a used code's document stays (the per-JID limit's window)
 
 
 def new_code() -> str:
@@ -75,28 +84,63 @@ class Codes:
         doc = await self.c.find_one({"_id": jid}, {"requested_at": 1})
         return self._wait(doc and doc.get("requested_at"), utcnow())
 
-    async def issue(self, jid: str) -> Issued | int:
-        """A new code for `jid`, replacing any previous one; or, when the last request is less than
-        `interval` seconds old, the seconds left to wait (decided atomically)."""
+    async def admission(self, jid: str, to: str, kind: str) -> tuple[int, bool]:
+        """(seconds to wait before a new code may be made for `jid`, sent to `to` by `kind`, 0 for
+        now; whether the previous code was used, so the request comes after a login)."""
+        doc = await self.c.find_one({"_id": jid})
+        if doc is None:
+            return 0, False
+        now = utcnow()
+        if doc.get("hash") is None and doc.get("used_at") is not None:
+            return 0, True
+        live = doc.get("hash") is not None and doc.get("attempts", 0) < MAX_ATTEMPTS and doc["expires"] > now
+        if live and kind == "iq" and doc.get("kind") == "iq" and doc.get("to") == to:
+            return 0, False
+        return self._wait(doc.get("requested_at"), now), False
+
+    async def issue(self, jid: str, to: str | None = None, kind: str = "message", after_use: bool = False) -> Issued | int:
+        """A new code for `jid` (sent to `to` by `kind`), replacing any previous one; or, when the
+        last request is less than `interval` seconds old, the seconds left to wait (decided
+        atomically). With `after_use`, only a used previous code is replaced: 0 if there is none
+        (the caller then counts the request as an ordinary one and asks again)."""
         now = utcnow()
         code, request_id = new_code(), str(uuid.uuid4())
         expires = now + dt.timedelta(seconds=self.ttl)
-        fields = {
+        fresh = {
             "hash": code_hash(request_id, jid, code),
-            "attempts": 0,
             "expires": expires,
             "request_id": request_id,
-            "requested_at": now,
+            "to": to or jid,
+            "kind": kind,
         }
+        fields = {**fresh, "attempts": 0, "requested_at": now}
+        issued = Issued(code, request_id, expires)
+        used = {"_id": jid, "hash": None, "used_at": {"$ne": None}}
+        if after_use:
+            result = await self.c.update_one(used, {"$set": fields, "$unset": {"used_at": ""}})
+            return issued if result.matched_count == 1 else 0
         # Replace an old enough request, else insert the first one. (No upsert: two first requests
         # racing in one upsert are not reliably serialised by every MongoDB-compatible server.)
         old_enough = {"_id": jid, "requested_at": {"$lte": now - dt.timedelta(seconds=self.interval)}}
         for _ in range(2):
-            if (await self.c.update_one(old_enough, {"$set": fields})).matched_count == 1:
-                return Issued(code, request_id, expires)
+            for query in (old_enough, used):
+                if (await self.c.update_one(query, {"$set": fields, "$unset": {"used_at": ""}})).matched_count == 1:
+                    return issued
+            if kind == "iq" and to:
+                # the same full JID asks again while its code is live: a new code, attempts kept
+                same_client = {
+                    "_id": jid,
+                    "to": to,
+                    "kind": "iq",
+                    "hash": {"$ne": None},
+                    "attempts": {"$lt": MAX_ATTEMPTS},
+                    "expires": {"$gt": now},
+                }
+                if (await self.c.update_one(same_client, {"$set": fresh})).matched_count == 1:
+                    return issued
             try:
                 await self.c.insert_one({"_id": jid, **fields})
-                return Issued(code, request_id, expires)
+                return issued
             except DuplicateKeyError:
                 pass  # a request exists: too recent, or it was just replaced by another one
         return max(1, await self.wait_time(jid))
@@ -124,7 +168,11 @@ class Codes:
         assert doc is not None
         guard = {"_id": jid, "request_id": doc["request_id"], "hash": {"$ne": None}, "attempts": {"$lt": MAX_ATTEMPTS}}
         if hmac.compare_digest(doc["hash"], code_hash(doc["request_id"], jid, code)):
-            result = await self.c.update_one({**guard, "expires": {"$gt": now}}, {"$set": {"hash": None, "used_at": now}})
+            # The document of a used code stays for USED_KEPT: the next request knows it follows a login.
+            kept = max(doc["expires"], now + dt.timedelta(seconds=USED_KEPT))
+            result = await self.c.update_one(
+                {**guard, "expires": {"$gt": now}}, {"$set": {"hash": None, "used_at": now, "expires": kept}}
+            )
             if result.modified_count == 1:
                 return Verdict(Outcome.ACCEPTED)
         else:

@@ -134,11 +134,16 @@ class AccountManager:
         await self._limit(
             f"codes:addr:{address_key(address)}", self.auth.codes_per_address_per_hour, "too many code requests from this address"
         )
-        wait = await self.codes.wait_time(bare)
+        wait, after_use = await self.codes.admission(bare, jid.full, kind)
         if wait:
             raise RateLimited(f"a code was requested for this JID less than {self.auth.code_interval} s ago", wait)
-        await self._limit(f"codes:jid:{bare}", self.auth.codes_per_jid_per_hour, "too many code requests for this JID")
-        issued = await self.codes.issue(bare)
+        # A request right after a login (the last code was used) is not counted against the JID:
+        # only its owner can use codes, so a client that logs in on every reconnect never runs out,
+        # while codes nobody uses (someone else asking) are limited per JID and hour.
+        issued: Issued | int = await self.codes.issue(bare, jid.full, kind, after_use=True) if after_use else 0
+        if not isinstance(issued, Issued):
+            await self._limit(f"codes:jid:{bare}", self.auth.codes_per_jid_per_hour, "too many code requests for this JID")
+            issued = await self.codes.issue(bare, jid.full, kind)
         if not isinstance(issued, Issued):
             raise RateLimited(f"a code was requested for this JID less than {self.auth.code_interval} s ago", issued)
         request_id = issued.request_id
@@ -148,7 +153,15 @@ class AccountManager:
             log.info("code for %s voided: the user refused the request (request %s)", bare, request_id)
 
         try:
-            await xmpp.send_code(jid, issued.code, self.auth_url, kind, on_denied=denied, answer_within=self.auth.code_ttl)
+            await xmpp.send_code(
+                jid,
+                issued.code,
+                self.auth_url,
+                kind,
+                on_denied=denied,
+                answer_within=self.auth.code_ttl,
+                stanza_id=request_id,
+            )
         except XmppUnavailable as exc:
             await self.codes.withdraw(bare, request_id)
             log.warning("code for %s not delivered (request %s): %s", bare, request_id, exc)

@@ -29,6 +29,8 @@ from settings import Settings
 from tests.helpers import bearer, stop_process
 
 DOMAIN = "localhost"
+PLUGINS = Path(__file__).resolve().parent.parent / "contrib" / "prosody"  # mod_gallery_discovery
+GALLERY_URL = "https://gallery.localhost"  # what the session's server advertises (gallery_url)
 SERVICE = ("gallery", "gallery-pw")
 # alice and bob receive codes in tests; carol is never online (codes sent to her stay offline)
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "admin": "admin-pw"}
@@ -52,7 +54,9 @@ interfaces = {{ "127.0.0.1" }}
 local_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
 s2s_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "disco", "ping" }}
+plugin_paths = {{ "{plugins}" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "gallery_discovery" }}
+gallery_url = "{gallery_url}"
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 
 authentication = "internal_plain"
@@ -77,6 +81,7 @@ class Prosody:
     port: int = field(default_factory=free_port)
     domain: str = DOMAIN
     host: str = "127.0.0.1"
+    gallery_url: str = GALLERY_URL
     process: subprocess.Popen | None = None
 
     @property
@@ -90,7 +95,9 @@ class Prosody:
     def prepare(self) -> None:
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         (self.dir / "certs").mkdir(exist_ok=True)
-        self.config.write_text(CONFIG.format(dir=self.dir, port=self.port, domain=self.domain))
+        self.config.write_text(
+            CONFIG.format(dir=self.dir, port=self.port, domain=self.domain, plugins=PLUGINS, gallery_url=self.gallery_url)
+        )
         self.register(*SERVICE)
         for user, password in USERS.items():
             self.register(user, password)
@@ -145,11 +152,11 @@ class Prosody:
 
 
 @contextlib.contextmanager
-def running_prosody() -> Iterator[Prosody]:
+def running_prosody(**options: Any) -> Iterator[Prosody]:
     if shutil.which("prosody") is None:
         pytest.fail("prosody is not installed: run bin/setup --dev")
     with tempfile.TemporaryDirectory(prefix="gallery-prosody-") as d:
-        server = Prosody(Path(d))
+        server = Prosody(Path(d), **options)
         server.prepare()
         server.start()
         try:

@@ -134,6 +134,7 @@ async def test_type_iq_sends_a_confirm_iq(client, service, xmpp_user):
     assert r.status_code == 201, r.text
     iq = await asyncio.wait_for(alice.iqs.get(), 10)
     assert iq["type"] == "get" and iq["from"].bare == "gallery@localhost"
+    assert iq["id"] == r.json()["request_id"]  # how a client matches the IQ to its request
     code = iq["confirm"]["id"]
     assert len(code) == 6 and iq["confirm"]["method"] == "POST"
     assert iq["confirm"]["url"] == f"{service.url}/api/v1/account/xmpp_auth/"
@@ -178,6 +179,114 @@ async def test_undeliverable_code_is_503_and_forgotten(client, service):
     assert await service.parts.db.codes.find_one({"_id": "nobody@localhost"}) is None
     r = await request_code(client, "alice@localhost/offline-resource", type="iq")
     assert_error(r, 503)
+
+
+# -- asking again ---------------------------------------------------------------------------------
+
+
+def silent(user) -> None:
+    """Make a test user behave like the Xabber apps: a confirm IQ is never answered."""
+    user.answer_iq = lambda iq: None
+
+
+async def next_iq(user, within: float = 10):
+    return await asyncio.wait_for(user.iqs.get(), within)
+
+
+@pytest.mark.parametrize("overrides", [{"auth.code_interval": 30}], indirect=True)
+async def test_same_full_jid_asking_again_gets_a_new_code_at_once(client, service, xmpp_user):
+    """A web client that reconnected before it used its code asks again within the interval: it
+    gets a new code whose IQ carries the new request id; the old code stops working."""
+    alice = await xmpp_user("alice")
+    silent(alice)
+    first = await request_code(client, alice.full_jid, type="iq")
+    assert first.status_code == 201, first.text
+    old_iq = await next_iq(alice)
+    second = await request_code(client, alice.full_jid, type="iq")
+    assert second.status_code == 201, second.text
+    new_iq = await next_iq(alice)
+    assert old_iq["id"] == first.json()["request_id"] != second.json()["request_id"] == new_iq["id"]
+    old, new = old_iq["confirm"]["id"], new_iq["confirm"]["id"]
+    if old != new:
+        assert_error(await client.post(AUTH, json={"jid": alice.jid, "code": old}), 403)
+    r = await client.post(AUTH, json={"jid": alice.jid, "code": new})
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("overrides", [{"auth.code_interval": 30}], indirect=True)
+async def test_asking_again_keeps_the_wrong_attempts(client, service, xmpp_user):
+    """Replacing a code within the interval never buys more guesses: the attempts carry over."""
+    alice = await xmpp_user("alice")
+    silent(alice)
+    assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
+    code = (await next_iq(alice))["confirm"]["id"]
+    for _ in range(MAX_ATTEMPTS - 1):
+        assert_error(await client.post(AUTH, json={"jid": alice.jid, "code": other_code(code)}), 403)
+    assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
+    code = (await next_iq(alice))["confirm"]["id"]
+    assert_error(await client.post(AUTH, json={"jid": alice.jid, "code": other_code(code)}), 429)  # the 5th
+    assert_error(await client.post(AUTH, json={"jid": alice.jid, "code": code}), 429)  # void now
+    r = await request_code(client, alice.full_jid, type="iq")  # a void code is not replaced early
+    assert_error(r, 429)
+    assert 1 <= int(r.headers["Retry-After"]) <= 30
+
+
+@pytest.mark.parametrize("overrides", [{"auth.code_interval": 30}], indirect=True)
+async def test_others_asking_within_the_interval_are_refused(client, service, xmpp_user):
+    alice = await xmpp_user("alice")
+    other = await xmpp_user("alice")  # another client of the same user
+    silent(alice)
+    assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
+    assert_error(await request_code(client, other.full_jid, type="iq"), 429)  # another resource
+    assert_error(await request_code(client, alice.full_jid), 429)  # a message, even to the same JID
+    assert_error(await request_code(client, alice.jid), 429)
+
+
+@pytest.mark.parametrize("overrides", [{"auth.code_interval": 30, "auth.codes_per_jid_per_hour": 2}], indirect=True)
+async def test_a_used_code_does_not_hold_up_the_next_login(client, service, xmpp_user):
+    """After a login, the next request (a client that logs in on every reconnect) is served at
+    once and is not counted against the JID; unused codes still are."""
+    alice = await xmpp_user("alice")
+    silent(alice)
+    for _ in range(4):  # twice the hourly limit, well within the interval; only the first counts
+        r = await request_code(client, alice.full_jid, type="iq")
+        assert r.status_code == 201, r.text
+        iq = await next_iq(alice)
+        assert iq["id"] == r.json()["request_id"]
+        assert (await client.post(AUTH, json={"jid": alice.jid, "code": iq["confirm"]["id"]})).status_code == 201
+    assert (await request_code(client, alice.jid)).status_code == 201  # after a login: any type, any resource
+    code, _ = await alice.next_code()
+    assert (await client.post(AUTH, json={"jid": alice.jid, "code": code})).status_code == 201
+    assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201  # after a login: free
+    await next_iq(alice)
+    assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201  # unused before: 2nd counted
+    await next_iq(alice)
+    r = await request_code(client, alice.full_jid, type="iq")  # codes nobody uses: the JID's limit holds
+    assert_error(r, 429)
+    assert "for this JID" in r.json()["error"]
+
+
+@pytest.mark.parametrize("overrides", [{"auth.code_ttl": 60}], indirect=True)
+async def test_a_login_is_remembered_for_an_hour(client, service, xmpp_user):
+    """Long after the code's own lifetime, the next request still counts as one after a login."""
+    alice = await xmpp_user("alice")
+    await login_over_xmpp(client, alice)
+    doc = await service.parts.db.codes.find_one({"_id": alice.jid})
+    assert doc["hash"] is None and doc["used_at"] is not None
+    assert doc["expires"] - doc["used_at"] >= dt.timedelta(seconds=models.codes.USED_KEPT - 1)  # the TTL keeps it
+    assert await service.parts.codes.admission(alice.jid, alice.jid, "message") == (0, True)
+
+
+@pytest.mark.parametrize("overrides", [{"auth.code_interval": 30, "auth.codes_per_address_per_hour": 3}], indirect=True)
+async def test_asking_again_counts_against_the_address(client, service, xmpp_user):
+    alice = await xmpp_user("alice")
+    silent(alice)
+    for _ in range(3):
+        assert (await request_code(client, alice.full_jid, type="iq")).status_code == 201
+        await next_iq(alice)
+    r = await request_code(client, alice.full_jid, type="iq")
+    assert_error(r, 429)
+    assert "address" in r.json()["error"]
 
 
 # -- wrong, expired, malformed codes ------------------------------------------------------------

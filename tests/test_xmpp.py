@@ -132,6 +132,83 @@ async def test_a_frozen_server_is_detected(settings, own_prosody: Prosody, xmpp_
     assert xmpp.state == "stopped"
 
 
+@pytest.mark.parametrize("kind", ["message", "iq"])
+async def test_a_busy_process_does_not_fail_delivery(settings, prosody, xmpp_user, kind):
+    """Under load the process that runs the service (here it shares its loop with the user's
+    client, as in the test suite) can be busy for longer than `send_timeout` right after a code
+    was queued. The server answers at once when the stanzas finally leave: that is a delivery,
+    not a 503. (The delivery ping used to time out on our own clock, counting the stall.)"""
+    configure(settings, prosody)
+    xmpp = XmppClient(settings.xmpp, send_timeout=1)
+    await xmpp.start()
+    try:
+        alice = await xmpp_user("alice")
+        to = jids.parse(alice.full_jid if kind == "iq" else alice.jid)
+        for n, stall in enumerate((1.5, 2.5)):  # longer than send_timeout, and than send_timeout + 1
+            code = f"12345{n}"
+            asyncio.get_running_loop().call_soon(time.sleep, stall)  # the loop is blocked next
+            started = time.monotonic()
+            await xmpp.send_code(to, code, "http://example/auth", kind)
+            assert time.monotonic() - started < stall + 1  # and not held back once the loop runs
+            if kind == "iq":
+                assert (await asyncio.wait_for(alice.iqs.get(), 10))["confirm"]["id"] == code
+            else:
+                assert (await alice.next_code())[0] == code
+    finally:
+        await xmpp.stop()
+
+
+async def test_a_paused_machine_does_not_fail_delivery(settings, own_prosody: Prosody, xmpp_user):
+    """The whole machine stops after the code left (a VM paused, a host too loaded to schedule
+    anyone): our loop and the server sleep together for longer than send_timeout; on waking, the
+    server gets its turn a little after us. Its answer comes: a delivery, not a 503."""
+    configure(settings, own_prosody)
+    xmpp = XmppClient(settings.xmpp, send_timeout=2)
+    await xmpp.start()
+    try:
+        alice = await xmpp_user("alice", server=own_prosody)
+        assert own_prosody.process is not None
+        pid = own_prosody.process.pid
+        loop = asyncio.get_running_loop()
+
+        def machine_paused() -> None:
+            time.sleep(2.5)  # we sleep; the server has been stopped since before the code left
+            loop.call_later(0.3, os.kill, pid, signal.SIGCONT)  # the server runs again after us
+
+        os.kill(pid, signal.SIGSTOP)
+        loop.call_later(0.05, machine_paused)  # by then the code and the ping were written
+        try:
+            await xmpp.send_code(jids.parse(alice.jid), "123456", "http://example/auth", "message")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, _ = await alice.next_code()
+        assert code == "123456"
+    finally:
+        await xmpp.stop()
+
+
+async def test_a_server_slower_than_send_timeout_in_total_but_never_silent_that_long(settings, own_prosody, xmpp_user):
+    """The server is frozen for half of send_timeout after the code left, then answers: a
+    delivery. A server that stays silent longer is a failure (test_a_frozen_server_is_detected)."""
+    configure(settings, own_prosody)
+    xmpp = XmppClient(settings.xmpp, send_timeout=3)
+    await xmpp.start()
+    try:
+        alice = await xmpp_user("alice", server=own_prosody)
+        assert own_prosody.process is not None
+        pid = own_prosody.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(1.5, os.kill, pid, signal.SIGCONT)
+        try:
+            await xmpp.send_code(jids.parse(alice.jid), "123456", "http://example/auth", "message")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, _ = await alice.next_code()
+        assert code == "123456"
+    finally:
+        await xmpp.stop()
+
+
 async def test_wrong_password_never_connects(settings, prosody, make_service):
     configure(settings, prosody)
     settings.xmpp.password = "wrong"

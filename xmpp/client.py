@@ -8,7 +8,16 @@ open) or "disconnected" (waiting to retry), and "stopped" after `stop()`.
 `send_code()` really attempts delivery and reports failure: it refuses when there is no session,
 sends the stanza, then sends a ping to our own server and waits for its answer. A c2s stream is
 processed in order, so that answer proves the server took the code stanza; an error bounce for it
-that arrives before the answer (for example: no such user) counts as a failed delivery.
+that arrives before the answer (for example: no such user) counts as a failed delivery. It never
+waits for the user's client to answer a confirm IQ (some clients never do).
+
+When is a ping "unanswered"? Not after a fixed time on our own clock from the moment it was
+queued: the service shares its event loop with everything else in the process, and a busy process
+(or machine) can leave a stanza in our own send queue, or our loop asleep, for longer than any
+sensible timeout while the server answers at once; the timer then fires before the answer that is
+already on its way can be read. The ping counts as unanswered only when the server has been silent
+for `send_timeout` seconds after the ping really left (stamped by an outgoing filter), counted only
+while this process runs (see `_server_answers`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,12 @@ log = logging.getLogger("gallery.xmpp")
 
 HTTP_AUTH_NS = "http://jabber.org/protocol/http-auth"
 PLUGINS = ("xep_0030", "xep_0070", "xep_0199", "xep_0334")
+
+
+# slixmpp's own IQ timer, for the barrier ping: far away, since silence is judged here instead
+PING_HOLD = 3600.0
+SLICE = 0.1  # seconds: silence is counted in slices this long
+STALL = 0.2  # beyond SLICE + STALL a slice was a stall of this process: the rest is not counted
 
 
 class XmppUnavailable(Exception):
@@ -69,6 +84,8 @@ class XmppClient:
         self._attempt: asyncio.Future[str] | None = None  # the outcome of one connection attempt
         self._lost: asyncio.Future[None] | None = None  # resolved when the open session ends
         self._bounces: dict[str, asyncio.Future[str]] = {}  # message id -> error condition
+        self._sent_at: dict[str, float | None] = {}  # barrier ping id -> loop time it left (None: queued)
+        self._heard = 0.0  # loop time of the last stanza received from the server
         self._background: set[asyncio.Task] = set()
         self._stopping = False
 
@@ -155,6 +172,8 @@ class XmppClient:
         client.add_event_handler("disconnected", self._on_disconnected)
         client.add_event_handler("failed_all_auth", self._on_auth_failed)
         client.add_event_handler("message_error", self._on_message_error)
+        client.add_filter("out", self._on_outgoing)
+        client.add_filter("in", self._on_incoming)
         return client
 
     def _address(self) -> str:
@@ -192,6 +211,16 @@ class XmppClient:
             self._lost.set_result(None)
         if self.state == "connected":
             self.state = "disconnected"
+
+    def _on_outgoing(self, stanza: Any) -> Any:
+        """Called by slixmpp's send loop right before the stanza is written to the socket."""
+        if isinstance(stanza, Iq) and stanza["id"] in self._sent_at:
+            self._sent_at[stanza["id"]] = asyncio.get_running_loop().time()
+        return stanza
+
+    def _on_incoming(self, stanza: Any) -> Any:
+        self._heard = asyncio.get_running_loop().time()
+        return stanza
 
     def _on_message_error(self, msg: Message) -> None:
         waiter = self._bounces.get(msg["id"])
@@ -267,16 +296,49 @@ class XmppClient:
                 return
 
     async def _server_answers(self, lost: asyncio.Future[None]) -> bool:
-        """A ping to our own server: True once it answers (an error answer counts)."""
+        """A ping to our own server: True once it answers (an error answer counts); False when the
+        session ends, or the server stays silent for `send_timeout` seconds after the ping left.
+
+        Silence is counted in short slices, and only while this process really runs: of a slice
+        that took much longer than asked (the loop was blocked, the process or the whole machine
+        was not scheduled) only SLICE + STALL counts, and the next slice reads the socket first.
+        Time the ping spends in our own send queue is not silence either. Any stanza from the
+        server resets it."""
         client = self._client
         assert client is not None
-        ping = client.plugin["xep_0199"].send_ping(JID(client.boundjid.domain), timeout=self.send_timeout)
-        await asyncio.wait({ping, lost}, timeout=self.send_timeout + 1, return_when=asyncio.FIRST_COMPLETED)
-        if not ping.done():
-            ping.cancel()
-            return False
-        error = ping.exception()
-        return error is None or isinstance(error, IqError)
+        loop = asyncio.get_running_loop()
+        iq = client.make_iq_get(ito=JID(client.boundjid.domain))
+        iq.enable("ping")
+        key = iq["id"]
+        self._sent_at[key] = None
+        ping = iq.send(timeout=PING_HOLD)
+        silent = waited = 0.0  # counted seconds: without a word from the server, and in all
+        heard = self._heard
+        try:
+            while True:
+                began = loop.time()
+                await asyncio.wait({ping, lost}, timeout=SLICE, return_when=asyncio.FIRST_COMPLETED)
+                if ping.done():
+                    if ping.cancelled():
+                        return False
+                    error = ping.exception()
+                    return error is None or isinstance(error, IqError)
+                if lost.done():
+                    return False
+                took = loop.time() - began
+                counted = min(took, SLICE + STALL)  # a stalled slice counts no more than a normal one
+                waited += counted
+                if self._sent_at.get(key) is not None:  # it left: the server's turn
+                    silent = 0.0 if self._heard != heard else silent + counted
+                heard = self._heard
+                if silent >= self.send_timeout or waited >= 3 * self.send_timeout:
+                    return False
+        finally:
+            self._sent_at.pop(key, None)
+            if not ping.done():
+                ping.cancel()
+                client.remove_handler(f"IqCallback_{key}")
+                client.cancel_schedule(f"IqTimeout_{key}")
 
     # -- delivery --------------------------------------------------------------------------
     async def send_code(
@@ -287,24 +349,29 @@ class XmppClient:
         kind: str = "message",
         on_denied: Callable[[], Awaitable[None]] | None = None,
         answer_within: float = 300,
+        stanza_id: str | None = None,
     ) -> None:
         """Deliver `code` to `to`: a chat message, or (`kind="iq"`) an IQ get; both carry the
-        XEP-0070 <confirm/>. Returns once our server has taken it; XmppUnavailable otherwise.
-        For an IQ, `on_denied` runs if the user's client answers <not-authorized/> within
-        `answer_within` seconds (the code's lifetime)."""
+        XEP-0070 <confirm/>, and `stanza_id` (the request id) when given: a client matches the
+        confirm IQ to its HTTP request by it. Returns once our server has taken the stanza, without
+        waiting for the user's client; XmppUnavailable otherwise. For an IQ, `on_denied` runs if
+        the user's client answers <not-authorized/> within `answer_within` seconds (the code's
+        lifetime)."""
         client = self._client
         lost = self._lost
         if client is None or lost is None or lost.done() or self.state != "connected":
             raise XmppUnavailable("the service's XMPP account is not connected")
         if kind == "iq":
             iq = client.make_iq_get(ito=to)
+            if stanza_id:
+                iq["id"] = stanza_id
             self._confirm(iq, code, url)
             reply = iq.send(timeout=max(self.send_timeout, answer_within))
             reply.add_done_callback(lambda f: self._on_iq_reply(f, to, on_denied))
             await self._barrier(lost, refused=reply)
             return
         msg = client.make_message(mto=to, mbody=f"Verification code is {code}", mtype="chat")
-        msg["id"] = uuid.uuid4().hex
+        msg["id"] = stanza_id or uuid.uuid4().hex
         self._confirm(msg, code, url)
         msg.enable("no-store")
         bounce: asyncio.Future[str] = asyncio.get_running_loop().create_future()
