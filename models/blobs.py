@@ -12,7 +12,7 @@ class Blobs:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
-    # Callers hold the content's lock (BlobStore.locked), so reading and then changing one blob
+    # Callers hold the content's lock (FileManager._locked), so reading and then changing one blob
     # document is not racing another change to it. Point reads and updates are used rather than
     # find-and-modify, which some MongoDB-compatible servers (SecantusDB) run as a collection scan.
 
@@ -38,9 +38,6 @@ class Blobs:
     async def delete_unreferenced(self, sha256: str) -> bool:
         result = await self.c.delete_one({"_id": sha256, "refs": {"$lte": 0}})
         return result.deleted_count == 1
-
-    async def get(self, sha256: str) -> dict | None:
-        return await self.c.find_one({"_id": sha256})
 
     async def set_meta(self, sha256: str, fields: dict) -> None:
         await self.c.update_one({"_id": sha256}, {"$set": fields})

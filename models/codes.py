@@ -46,7 +46,7 @@ def code_hash(request_id: str, jid: str, code: str) -> str:
 
 
 @dataclass
-class Issued:
+class IssuedCode:
     code: str
     request_id: str
     expires: dt.datetime
@@ -98,7 +98,7 @@ class Codes:
             return 0, False
         return self._wait(doc.get("requested_at"), now), False
 
-    async def issue(self, jid: str, to: str | None = None, kind: str = "message", after_use: bool = False) -> Issued | int:
+    async def issue(self, jid: str, to: str | None = None, kind: str = "message", after_use: bool = False) -> IssuedCode | int:
         """A new code for `jid` (sent to `to` by `kind`), replacing any previous one; or, when the
         last request is less than `interval` seconds old, the seconds left to wait (decided
         atomically). With `after_use`, only a used previous code is replaced: 0 if there is none
@@ -114,7 +114,7 @@ class Codes:
             "kind": kind,
         }
         fields = {**fresh, "attempts": 0, "requested_at": now}
-        issued = Issued(code, request_id, expires)
+        issued = IssuedCode(code, request_id, expires)
         used = {"_id": jid, "hash": None, "used_at": {"$ne": None}}
         if after_use:
             result = await self.c.update_one(used, {"$set": fields, "$unset": {"used_at": ""}})

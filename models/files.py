@@ -8,6 +8,7 @@ read instead of a pass over the owner's files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -15,7 +16,7 @@ import re
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from models.criteria import SORT_FIELDS, Criteria, Page
 from models.db import utcnow
@@ -122,11 +123,12 @@ class Files:
             if doc.get("is_avatar"):
                 doc["context"] = "avatar"
             doc["kind"] = kind_of(doc.get("media_type") or "", doc.get("context"))
-            await self.c.insert_one(doc)
-            moved += 1
+            with contextlib.suppress(DuplicateKeyError):  # an interrupted run made its copy already
+                await self.c.insert_one(doc)
         async for copy in self.c.find({"slot_id": {"$regex": "^" + re.escape(MIGRATING)}}):
             await self.c.delete_one({"_id": ObjectId(copy["slot_id"].removeprefix(MIGRATING))})
             await self.c.update_one({"_id": copy["_id"]}, {"$set": {"slot_id": copy["slot"]}, "$unset": {"slot": ""}})
+            moved += 1
         if moved:
             await self.recount()
         return moved
@@ -276,6 +278,14 @@ class Files:
             bucket["count"] += row["count"]
             bucket["used"] += row["used"]
         return counts
+
+    async def lacking_sha1(self) -> list[str]:
+        """fsck: the contents some file of which has no sha1 (stored by an earlier version)."""
+        cursor = await self.c.aggregate([{"$match": {"sha1": {"$exists": False}}}, {"$group": {"_id": "$sha256"}}])
+        return [d["_id"] async for d in cursor]
+
+    async def set_sha1(self, sha256: str, sha1: str) -> None:
+        await self.c.update_many({"sha256": sha256, "sha1": {"$exists": False}}, {"$set": {"sha1": sha1}})
 
     async def totals_by_owner(self) -> dict[str, int]:
         """fsck: the sum of sizes per owner."""

@@ -19,7 +19,7 @@ def token_hash(token: str) -> str:
 
 
 @dataclass
-class Issued:
+class IssuedToken:
     token: str
     token_id: str
     expires: dt.datetime
@@ -36,7 +36,7 @@ class Tokens:
         self.c = collection
         self.ttl = ttl
 
-    async def issue(self, owner: str, device: str | None = None, client: str | None = None) -> Issued:
+    async def issue(self, owner: str, device: str | None = None, client: str | None = None) -> IssuedToken:
         token = secrets.token_urlsafe(32)
         now = utcnow()
         doc = {
@@ -50,7 +50,7 @@ class Tokens:
             "last_used_at": None,
         }
         await self.c.insert_one(doc)
-        return Issued(token, doc["_id"], doc["expires"])
+        return IssuedToken(token, doc["_id"], doc["expires"])
 
     async def verify(self, token: str) -> TokenInfo | None:
         """The token's owner if it exists and has not expired; keeps last_used_at per minute."""

@@ -35,9 +35,6 @@ class Users:
         except DuplicateKeyError:
             await self.c.update_one({"_id": jid}, {"$set": {"last_login": now}})
 
-    async def get(self, jid: str) -> dict | None:
-        return await self.c.find_one({"_id": jid})
-
     async def quota(self, jid: str) -> Quota:
         doc = await self.c.find_one({"_id": jid}, {"quota": 1, "used": 1})
         return self.quota_of(doc)

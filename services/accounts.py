@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from models.codes import DIGITS, Codes, Issued, Outcome
+from models.codes import DIGITS, Codes, IssuedCode, Outcome
 from models.criteria import Criteria, Page
 from models.files import Files
 from models.ratelimits import RateLimits
@@ -140,11 +140,11 @@ class AccountManager:
         # A request right after a login (the last code was used) is not counted against the JID:
         # only its owner can use codes, so a client that logs in on every reconnect never runs out,
         # while codes nobody uses (someone else asking) are limited per JID and hour.
-        issued: Issued | int = await self.codes.issue(bare, jid.full, kind, after_use=True) if after_use else 0
-        if not isinstance(issued, Issued):
+        issued: IssuedCode | int = await self.codes.issue(bare, jid.full, kind, after_use=True) if after_use else 0
+        if not isinstance(issued, IssuedCode):
             await self._limit(f"codes:jid:{bare}", self.auth.codes_per_jid_per_hour, "too many code requests for this JID")
             issued = await self.codes.issue(bare, jid.full, kind)
-        if not isinstance(issued, Issued):
+        if not isinstance(issued, IssuedCode):
             raise RateLimited(f"a code was requested for this JID less than {self.auth.code_interval} s ago", issued)
         request_id = issued.request_id
 

@@ -8,11 +8,15 @@ missing from the volume cannot be repaired and is reported.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from models.db import utcnow
 from services.context import Parts
+from storage import ContentStore
 
 log = logging.getLogger("gallery.fsck")
 
@@ -29,6 +33,7 @@ class Report:
     thumb_dirs_removed: int = 0
     used_fixed: int = 0
     ids_given: int = 0
+    sha1_added: int = 0  # contents whose files had no sha1 (stored before it was computed)
     counts_fixed: int = 0
     missing_content: list[str] = field(default_factory=list)
 
@@ -41,6 +46,15 @@ class Report:
         for sha256 in self.missing_content:
             out.append(f"MISSING content {sha256}: referenced by files but not on the volume")
         return out
+
+
+async def _sha1(store: ContentStore, sha256: str) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    size = await store.size(sha256) or 0
+    async with aclosing(store.read(sha256, 0, size)) as chunks:
+        async for view in chunks:
+            await asyncio.to_thread(digest.update, view)
+    return digest.hexdigest()
 
 
 async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
@@ -81,6 +95,11 @@ async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
     for sha256 in await store.derived_contents() - wanted.keys():
         await store.remove(sha256)
         report.thumb_dirs_removed += 1
+
+    for sha256 in await files.lacking_sha1():
+        if sha256 in on_disk:
+            await files.set_sha1(sha256, await _sha1(store, sha256))
+            report.sha1_added += 1
 
     totals = await files.totals_by_owner()
     for jid in await users.all_ids():

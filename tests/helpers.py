@@ -27,7 +27,7 @@ import httpx
 from services.context import Parts
 
 if TYPE_CHECKING:
-    from models.tokens import Issued
+    from models.tokens import IssuedToken
     from server import Service
     from settings import Settings
     from storage import ContentStore
@@ -174,7 +174,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def issue_token(parts: Parts, jid: str, device: str | None = None, client: str | None = None) -> Issued:
+async def issue_token(parts: Parts, jid: str, device: str | None = None, client: str | None = None) -> IssuedToken:
     """A user (created if new, its login recorded) with a fresh token, as the XMPP login leaves
     them: the one place tests make users and tokens without a login over XMPP."""
     await parts.users.ensure(jid)

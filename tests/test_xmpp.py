@@ -125,7 +125,7 @@ async def test_a_frozen_server_is_detected(settings, own_prosody: Prosody, xmpp_
             await wait_until(lambda: xmpp.state != "connected", 15, "the keepalive to end the session")
         finally:
             os.kill(own_prosody.process.pid, signal.SIGCONT)
-        await xmpp.wait_connected(15)
+        await wait_until(lambda: xmpp.state == "connected", 15, "the session to come back")
         assert xmpp.sessions == 2
     finally:
         await xmpp.stop()

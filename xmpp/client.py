@@ -75,8 +75,7 @@ class XmppClient:
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
         self.ping_interval = ping_interval
-        self._state = "disconnected"
-        self._connected = asyncio.Event()
+        self.state = "disconnected"  # connecting, connected, disconnected, stopped
         self._first_attempt = asyncio.Event()
         self.sessions = 0  # sessions opened so far (tests and logs use it)
         self._client: ClientXMPP | None = None
@@ -93,18 +92,6 @@ class XmppClient:
     def bare_jid(self) -> str:
         return self.jid.bare
 
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @state.setter
-    def state(self, value: str) -> None:
-        self._state = value
-        if value == "connected":
-            self._connected.set()
-        else:
-            self._connected.clear()
-
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, wait: float = 10.0) -> None:
         """Start connecting; wait for the first attempt to end, at most `wait` seconds. Never
@@ -118,11 +105,6 @@ class XmppClient:
                 await self._first_attempt.wait()
         if self.state != "connected":
             log.warning("XMPP: no session with the server yet (%s); retrying in the background", self._address())
-
-    async def wait_connected(self, within: float) -> None:
-        """Wait until a session is open (TimeoutError after `within` seconds)."""
-        async with asyncio.timeout(within):
-            await self._connected.wait()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,72 @@
+"""A database written by the version before integer ids, kinds and sha1 is brought over once."""
+
+from __future__ import annotations
+
+import hashlib
+
+from bson import ObjectId
+
+from services.fsck import fsck
+from tests.helpers import GIF, login, opaque, sha256, upload, wav
+
+
+async def _as_earlier_version(service, doc_id: int) -> ObjectId:
+    """Rewrite one file as the earlier version stored it: an ObjectId, no kind, no sha1, an
+    avatar without a context."""
+    files = service.parts.db.files
+    doc = await files.find_one({"_id": doc_id})
+    await files.delete_one({"_id": doc_id})
+    old = ObjectId()
+    for key in ("kind", "sha1"):
+        doc.pop(key, None)
+    if doc.get("is_avatar"):
+        doc["context"] = None
+    await files.insert_one({**doc, "_id": old})
+    return old
+
+
+async def test_fsck_gives_integer_ids_kinds_and_sha1(client, service):
+    alice = await login(service, "alice@example.org")
+    content = opaque(2000)
+    made = [
+        (await upload(client, alice, content, "doc.bin")).json(),
+        (await upload(client, alice, wav(), "voice.wav", context="voice")).json(),
+        (await upload(client, alice, GIF, "a.gif")).json(),
+    ]
+    for f in made:
+        await _as_earlier_version(service, f["id"])
+
+    report = await fsck(service.parts)
+    assert report.ids_given == 3 and report.sha1_added == 3 and report.repaired
+    docs = await service.parts.db.files.find({"owner": "alice@example.org"}).to_list()
+    assert all(isinstance(d["_id"], int) for d in docs)
+    assert sorted(d["kind"] for d in docs) == ["file", "image", "voice"]
+    assert {d["slot_id"] for d in docs} == {f["slot_id"] for f in made}  # links unchanged
+    # the SHA-1 slot check now finds the old file; the links still serve
+    r = await client.get("/api/v1/files/slot/", headers=alice, params={"hash": hashlib.sha1(content).hexdigest(), "size": 2000})
+    assert r.json()["sha256"] == sha256(content)
+    for f in made:
+        assert (await client.get(f["file"])).status_code == 200
+    stats = (await client.get("/api/v1/files/stats/", headers=alice)).json()
+    # the slot check made a second link to the old file's content
+    assert stats["voices"]["count"] == 1 and stats["images"]["count"] == 1 and stats["files"]["count"] == 2
+    again = await fsck(service.parts)
+    assert again.ids_given == 0 and again.sha1_added == 0
+
+
+async def test_start_up_finishes_an_interrupted_migration(client, service, make_service):
+    alice = await login(service, "alice@example.org")
+    f = (await upload(client, alice, opaque(500), "x.bin")).json()
+    old = await _as_earlier_version(service, f["id"])
+    # a crash after the copy was inserted, before the original was removed
+    moved = await service.parts.files.migrate(service.parts.file_ids)
+    assert moved == 1
+    files = service.parts.db.files
+    copy = await files.find_one({"owner": "alice@example.org"})
+    await files.update_one({"_id": copy["_id"]}, {"$set": {"slot_id": "migrating:" + str(old), "slot": f["slot_id"]}})
+    await files.insert_one({**copy, "_id": old, "slot_id": f["slot_id"]})
+
+    await make_service(server={"port": 0})  # a second service on the same database: its start-up migrates
+    assert await files.count_documents({"owner": "alice@example.org"}) == 1
+    doc = await files.find_one({"owner": "alice@example.org"})
+    assert doc["_id"] == copy["_id"] and doc["slot_id"] == f["slot_id"] and "slot" not in doc
