@@ -121,8 +121,9 @@ class Settings:
         return (HERE / self.mongodb.embedded_path).resolve()
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+# The words for true and false, in settings and in request parameters alike.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def _coerce(key: str, kind: typing.Any, value: typing.Any) -> typing.Any:
@@ -131,9 +132,9 @@ def _coerce(key: str, kind: typing.Any, value: typing.Any) -> typing.Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
-        if text in _TRUE:
+        if text in TRUE_WORDS:
             return True
-        if text in _FALSE:
+        if text in FALSE_WORDS or text == "":
             return False
         raise SettingsError(f"{key}: expected true or false, got {value!r}")
     if kind is float:

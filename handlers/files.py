@@ -11,7 +11,7 @@ from tornado.web import stream_request_body
 
 from handlers.base import BaseHandler
 from handlers.multipart import FieldTarget, MultipartUpload
-from services.errors import InsufficientStorage, Invalid, NotFound, QuotaExceeded, ServiceError, Unsupported, WriteFailed
+from services.errors import InsufficientStorage, Invalid, QuotaExceeded, ServiceError, Unsupported, WriteFailed
 from services.files import Admission, Incoming, Overflow, UploadMeta
 from services.metrics import Metrics
 from services.params import Criteria, parse_bool, parse_int
@@ -244,9 +244,7 @@ class SlotHandler(BaseHandler):
         size = self.params.int("size", 0)
         if size is None:
             raise Invalid("size is required", fields={"size": "required"})
-        files = self.ctx.files
-        doc, quota = await files.slot(self.owner, digest, size, self.params.str("name", 4096))
-        self.reply(files.render(doc, quota) if doc is not None else {"quota": quota.quota, "used": quota.used})
+        self.reply(await self.ctx.files.slot(self.owner, digest, size, self.params.str("name", 4096)))
 
 
 class FilesHandler(BaseHandler):
@@ -267,11 +265,7 @@ class FilesHandler(BaseHandler):
             criteria.slot_id = slot_from_url(url)
         if criteria.empty:
             raise Invalid("give at least one of: id, file, media_type, context, date_gte, date_lte")
-        deleted = await self.ctx.files.delete(self.owner, criteria, self.is_avatar)
-        if not deleted:
-            raise NotFound("no matching file")
-        quota = await self.ctx.files.quota(self.owner)
-        self.reply({"deleted": deleted, "used": quota.used, "quota": quota.quota})
+        self.reply(await self.ctx.files.delete_answer(self.owner, criteria, self.is_avatar))
 
 
 def slot_from_url(url: str) -> str:
@@ -310,9 +304,4 @@ class PercentHandler(BaseHandler):
         self.reply(await self.ctx.files.list(self.owner, criteria, self.params.page(), None))
 
     async def delete(self, percent: str) -> None:
-        criteria = await self._selection(percent)
-        deleted = await self.ctx.files.delete(self.owner, criteria, None) if criteria.ids else 0
-        if not deleted:
-            raise NotFound("no matching file")
-        quota = await self.ctx.files.quota(self.owner)
-        self.reply({"deleted": deleted, "used": quota.used, "quota": quota.quota})
+        self.reply(await self.ctx.files.delete_answer(self.owner, await self._selection(percent), None))

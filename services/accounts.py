@@ -24,6 +24,7 @@ from models.users import Users
 from services import render
 from services.errors import Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from services.files import FileManager
+from services.params import INT64_MAX
 from services.render import iso
 from xmpp import jids
 from xmpp.client import XmppUnavailable
@@ -38,7 +39,7 @@ log = logging.getLogger("gallery.accounts")
 
 HOUR = 3600
 KINDS = ("message", "iq")
-MAX_QUOTA = 2**63 - 1  # MongoDB's largest integer
+MAX_QUOTA = INT64_MAX  # MongoDB's largest integer
 _CODE = re.compile(rf"[0-9]{{{DIGITS}}}")
 
 
@@ -288,8 +289,7 @@ class AccountManager:
             items.append(
                 {
                     "jid": doc["_id"],
-                    "quota": quota.quota,
-                    "used": quota.used,
+                    **render.quota(quota, available=False),
                     "files": files,
                     "avatars": avatars,
                     "created_at": iso(doc.get("created_at")),

@@ -24,7 +24,7 @@ from models.sequences import IdSequence
 from models.users import Quota, Users
 from services import render
 from services.admission import UploadGate
-from services.errors import QuotaExceeded, RateLimited, TooLarge
+from services.errors import NotFound, QuotaExceeded, RateLimited, TooLarge
 from settings import LimitsSettings
 from storage import ContentStore, Sink
 from storage.content import clean_name, media_type
@@ -164,9 +164,9 @@ class FileManager:
         """Where the admitted upload's bytes go."""
         return Incoming(self.store, admission.limit)
 
-    async def slot(self, owner: str, digest: str, size: int, name: str | None) -> tuple[dict | None, Quota]:
+    async def slot(self, owner: str, digest: str, size: int, name: str | None) -> dict:
         """files/slot/: may `owner` upload this? When they already own that content, a new file
-        for it is made without an upload and returned."""
+        for it is made without an upload and answered; else the quota (the client uploads)."""
         self.check_size(size)
         quota = await self._users.quota(owner)
         if size > quota.available:
@@ -175,8 +175,8 @@ class FileManager:
         if existing is not None:
             doc = await self._link_existing(owner, existing, name)
             if doc is not None:
-                return doc, await self._users.quota(owner)
-        return None, quota
+                return self.render(doc, await self._users.quota(owner))
+        return render.quota(quota, available=False)
 
     # -- create ----------------------------------------------------------------------------
     async def store_upload(self, owner: str, incoming: Incoming, meta: UploadMeta) -> dict:
@@ -373,6 +373,13 @@ class FileManager:
         return Criteria(ids=await self._files.oldest_reaching(owner, criteria, False, target))
 
     # -- delete ----------------------------------------------------------------------------
+    async def delete_answer(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:
+        """DELETE files/ and its kin: what was deleted and the quota after; 404 if nothing was."""
+        deleted = await self.delete(owner, criteria, is_avatar) if criteria.ids != [] else 0
+        if not deleted:
+            raise NotFound("no matching file")
+        return {"deleted": deleted, **render.quota(await self._users.quota(owner), available=False)}
+
     async def delete(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> int:
         """Remove the owner's matching files; content whose last reference goes leaves storage."""
         deleted = 0

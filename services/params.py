@@ -16,10 +16,9 @@ from urllib.parse import parse_qs
 from models.criteria import DEFAULT_ORDER, DEFAULT_PER_PAGE, MAX_PER_PAGE, SORT_FIELDS, Criteria, Page
 from models.files import KINDS
 from services.errors import Invalid
+from settings import FALSE_WORDS, TRUE_WORDS
 
 INT64_MAX = 2**63 - 1  # the largest integer the database stores; larger ones are a 400
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

@@ -138,17 +138,17 @@ async def test_same_content_is_kept_once_until_its_last_file_goes(files, parts):
 async def test_slot_dedups_within_the_owners_files(files, parts):
     data = opaque(5000)
     first = await put(files, ALICE, data, "one.bin")
-    doc, quota = await files.slot(ALICE, sha256(data), len(data), "two.bin")
-    assert doc is not None and doc["slot_id"] != first["slot_id"] and doc["name"] == "two.bin"
-    assert doc["sha256"] == first["sha256"] and quota.used == 2 * len(data)
+    doc = await files.slot(ALICE, sha256(data), len(data), "two.bin")
+    assert "slot_id" in doc and doc["slot_id"] != first["slot_id"] and doc["name"] == "two.bin"
+    assert doc["sha256"] == first["sha256"] and doc["used"] == 2 * len(data)
     assert await read(files, doc["slot_id"], "two.bin") == data
     assert (await parts.db.blobs.find_one({"_id": sha256(data)}))["refs"] == 2
     # bob has no such file: he must upload it
-    doc, quota = await files.slot(BOB, sha256(data), len(data), "mine.bin")
-    assert doc is None and quota.used == 0
+    answer = await files.slot(BOB, sha256(data), len(data), "mine.bin")
+    assert set(answer) == {"quota", "used"} and answer["used"] == 0
     # another size: no match
-    doc, _ = await files.slot(ALICE, sha256(data), len(data) + 1, "three.bin")
-    assert doc is None
+    answer = await files.slot(ALICE, sha256(data), len(data) + 1, "three.bin")
+    assert set(answer) == {"quota", "used"}
 
 
 async def test_slot_refusals(files, parts):
@@ -167,8 +167,8 @@ async def test_slot_for_content_no_longer_stored_asks_for_an_upload(files, parts
     data = opaque(4000)
     await put(files, ALICE, data)
     await parts.store.remove(sha256(data))  # what a lost volume leaves
-    doc, quota = await files.slot(ALICE, sha256(data), len(data), "again.bin")
-    assert doc is None and quota.used == len(data)
+    answer = await files.slot(ALICE, sha256(data), len(data), "again.bin")
+    assert set(answer) == {"quota", "used"} and answer["used"] == len(data)
     assert (await files.quota(ALICE)).used == len(data)  # the reservation for the link was given back
     assert (await parts.db.blobs.find_one({"_id": sha256(data)}))["refs"] == 1
 
@@ -235,8 +235,8 @@ async def test_slot_without_a_blob_document_keeps_the_stored_content(files, part
     data = opaque(4000)
     doc = await put(files, ALICE, data, "kept.bin")
     await parts.db.blobs.delete_one({"_id": sha256(data)})
-    found, _ = await files.slot(ALICE, sha256(data), len(data), "again.bin")
-    assert found is None  # the client uploads it again
+    answer = await files.slot(ALICE, sha256(data), len(data), "again.bin")
+    assert set(answer) == {"quota", "used"}  # the client uploads it again
     assert await parts.store.size(sha256(data)) == len(data)
     assert await read(files, doc["slot_id"], "kept.bin") == data
     assert (await files.quota(ALICE)).used == len(data)
