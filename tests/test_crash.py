@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.fsck import fsck
-from tests.helpers import login, server_env, sha256, staging, start_server, stop_process, stored, upload
+from tests.helpers import login, multipart, server_env, sha256, staging, start_server, stop_process, stored, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,17 @@ async def test_sigkill_during_uploads_then_restart_and_fsck(settings, parts, tmp
             async def one(i: int) -> None:
                 data = os.urandom(200_000 + i * 5000)
                 try:
-                    r = await upload(client, headers, data, f"f{i}.bin")
+                    if i % 2:
+                        r = await upload(client, headers, data, f"f{i}.bin")
+                    else:  # a slow sender: still in flight when the kill lands, however fast the rest are
+                        form, body = multipart([("file", f"f{i}.bin", data)])
+
+                        async def slowly(body: bytes = body):
+                            for start in range(0, len(body), 20_000):
+                                yield body[start : start + 20_000]
+                                await asyncio.sleep(0.5)
+
+                        r = await client.post("/api/v1/files/upload/", headers={**headers, **form}, content=slowly())
                 except httpx.HTTPError:
                     return  # killed mid-request
                 if r.status_code == 201:
