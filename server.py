@@ -25,6 +25,7 @@ from handlers import GalleryApp
 from imaging.pool import PoolImaging
 from models.db import Database
 from models.embedded import EmbeddedMongo
+from services import evaluation
 from services.context import Context, Parts
 from services.fsck import fsck
 from settings import HERE, Settings, SettingsError
@@ -90,6 +91,8 @@ class Service:
         self.ctx = Context.build(self.parts)
         if xmpp is not None:
             await xmpp.start()  # waits briefly for the session; without one, code requests answer 503
+        elif evaluation.enabled(s):
+            await evaluation.start(self.ctx.accounts)  # a first look: a login code on the console
         self.http = HTTPServer(
             GalleryApp(self.ctx),
             max_body_size=API_BODY_LIMIT,

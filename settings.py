@@ -97,6 +97,13 @@ class ImagingSettings:
 
 
 @dataclass
+class WebSettings:
+    title: str = "gallery"  # the page's title and heading
+    logo: str = ""  # empty: none; a file path (relative to this directory) or an https:// URL
+    code_hint: str = ""  # what the login page says about where codes come from; empty: the default
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     mongodb: MongoSettings = field(default_factory=MongoSettings)
@@ -106,6 +113,7 @@ class Settings:
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     imaging: ImagingSettings = field(default_factory=ImagingSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     admins: list[str] = field(default_factory=list)
 
     @property
@@ -246,7 +254,22 @@ def _validate(s: Settings) -> None:
         raise SettingsError("mongodb.embedded_path: must not be empty")
     if bool(s.xmpp.jid) != bool(s.xmpp.password):
         raise SettingsError("xmpp.password: xmpp.jid and xmpp.password go together")
+    _validate_web(s)
     _validate_jids(s)
+
+
+def _validate_web(s: Settings) -> None:
+    if not s.web.title.strip() or len(s.web.title) > 100:
+        raise SettingsError("web.title: must be 1 to 100 characters")
+    logo = s.web.logo
+    if logo.startswith(("http://", "https://")):
+        parts = urlsplit(logo)
+        if parts.scheme != "https" or not parts.netloc:
+            raise SettingsError(f"web.logo: a URL must be https://, got {logo!r}")
+    elif logo and not (HERE / logo).is_file():
+        raise SettingsError(f"web.logo: no such file {logo!r}")
+    if len(s.web.code_hint) > 500:
+        raise SettingsError("web.code_hint: at most 500 characters")
 
 
 def _validate_jids(s: Settings) -> None:

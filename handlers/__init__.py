@@ -6,7 +6,7 @@ from typing import Any
 
 from tornado.web import Application
 
-from handlers import account, avatars, files, health, media
+from handlers import account, avatars, files, health, media, web
 from handlers.base import NotFoundHandler, log_request
 
 
@@ -33,6 +33,11 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/healthz/?", health.HealthHandler),
     (r"/metrics", health.MetricsHandler),
     (r"/media/([^/]+)/([^/]+)", media.MediaHandler),
+    # the users' web page (handlers/web.py)
+    (api("about"), web.AboutHandler),
+    (r"/", web.IndexHandler),
+    (r"/web/logo", web.LogoHandler),
+    (r"/web/(?P<path>[A-Za-z0-9_-][A-Za-z0-9_.-]*)", web.PageHandler),
 ]
 
 
