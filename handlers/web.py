@@ -98,6 +98,9 @@ class IndexHandler(PageHandler):
     async def get(self, path: str = "", include_body: bool = True) -> None:
         await super().get("index.html", include_body)
 
+    async def head(self, path: str = "") -> None:
+        await self.get(path, include_body=False)
+
 
 class LogoHandler(PageHandler):
     """GET|HEAD `/web/logo`: the operator's logo file (`web.logo`), when it is a file."""
@@ -109,6 +112,9 @@ class LogoHandler(PageHandler):
         file = (HERE / logo).resolve()
         self.root = str(file.parent)
         await super().get(file.name, include_body)
+
+    async def head(self, path: str = "") -> None:
+        await self.get(path, include_body=False)
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         return StaticFileHandler.validate_absolute_path(self, root, absolute_path)

@@ -161,6 +161,22 @@ async function requestCode(event) {
   }
 }
 
+function haveCode() {
+  const jid = $("#jid").value.trim();
+  if (!jid) {
+    say("#login-status", "Type your XMPP address first.", "error");
+    $("#jid").focus();
+    return;
+  }
+  state.loginJid = jid;
+  const evaluation = state.about.evaluation && jid === state.about.evaluation_jid;
+  setText("#code-sent", evaluation ? "Type the code printed on the service's console (its log), on the line that starts with “EVALUATION SET-UP”." : `Type the code you received for ${jid}.`);
+  say("#login-status", "");
+  $("#code-form").hidden = true;
+  $("#auth-form").hidden = false;
+  $("#code").focus();
+}
+
 function deviceName() {
   const ua = navigator.userAgent;
   const browser = /Firefox\//.test(ua) ? "Firefox" : /Edg\//.test(ua) ? "Edge" : /Chrom/.test(ua) ? "Chromium" : /Safari\//.test(ua) ? "Safari" : "a browser";
@@ -843,6 +859,7 @@ async function setQuota(jid, mib) {
 function wire() {
   $("#code-form").addEventListener("submit", requestCode);
   $("#auth-form").addEventListener("submit", signIn);
+  $("#have-code").addEventListener("click", haveCode);
   $("#other-jid").addEventListener("click", () => {
     backToAddress();
     say("#login-status", "");

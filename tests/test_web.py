@@ -1,0 +1,557 @@
+"""The web page at /: its headers and files, GET about/, the evaluation set-up, and the page itself
+in a real headless Chromium against the real service, with a real Prosody delivering the code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import logging
+import re
+import types
+from collections.abc import AsyncIterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+import settings as settings_module
+from server import Service
+from services import evaluation
+from settings import Settings, SettingsError
+from tests.browser import PHONE, Page, chromium, fmt_bytes, page  # noqa: F401 - fixtures
+from tests.helpers import WEBM, assert_error, opaque, wav
+from tests.prosody import AUTH, CODE_REQUEST, TOKENS, configure
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB = ROOT / "web"
+XSS_NAME = "<img src=x onerror=alert(1)>.svg"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>alert(2)</script></svg>'
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    svc = Service(settings, data_dir=tmp_path / "data")
+    await svc.start()
+    try:
+        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as client:
+            yield svc, client
+    finally:
+        await svc.stop()
+
+
+def csp(response: httpx.Response) -> dict[str, str]:
+    policy = response.headers["Content-Security-Policy"]
+    return {part.split()[0]: part.strip() for part in policy.split(";") if part.strip()}
+
+
+# -- headers and files --------------------------------------------------------------------------
+
+
+async def test_page_is_served_with_strict_headers(client):
+    for path in ("/", "/web/app.js", "/web/api.js", "/web/dom.js", "/web/style.css", "/web/icon.svg"):
+        r = await client.get(path)
+        assert r.status_code == 200, path
+        policy = csp(r)
+        assert policy["default-src"] == "default-src 'none'"
+        assert policy["script-src"] == "script-src 'self'"
+        assert policy["frame-ancestors"] == "frame-ancestors 'none'"
+        assert policy["img-src"].startswith("img-src 'self'")
+        assert "unsafe" not in r.headers["Content-Security-Policy"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+        assert r.headers["X-Frame-Options"] == "DENY"
+        assert r.headers["Cache-Control"] == "no-cache"
+    index = await client.get("/")
+    assert index.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert index.content == (WEB / "index.html").read_bytes()
+    assert (await client.get("/web/app.js")).headers["Content-Type"] == "text/javascript; charset=utf-8"
+    again = await client.get("/", headers={"If-None-Match": index.headers["Etag"]})
+    assert again.status_code == 304
+    head = await client.head("/")
+    assert head.status_code == 200 and head.content == b""
+
+
+async def test_only_the_page_files_are_served(client):
+    for path in ("/web/nothing.js", "/web/.hidden", "/web/..%2Fsettings.yaml", "/web/%2e%2e/server.py", "/web/logo", "/index.html"):
+        r = await client.get(path)
+        assert_error(r, 404)
+    (WEB / "notes.txt").write_text("not a page file")  # a stray file in web/ stays private
+    try:
+        assert_error(await client.get("/web/notes.txt"), 404)
+    finally:
+        (WEB / "notes.txt").unlink()
+
+
+class _Markup(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+        self.in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {name for name, _ in attrs}
+        if tag == "script":
+            self.in_script = True
+            if "src" not in names:
+                self.problems.append("inline <script>")
+        self.problems += [f"{tag} {name}=" for name in names if name.startswith("on") or name == "style"]
+
+    def handle_endtag(self, tag: str) -> None:
+        self.in_script = self.in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self.in_script and data.strip():
+            self.problems.append("inline script text")
+
+
+def test_page_files_hold_no_inline_code_or_markup_sinks():
+    parser = _Markup()
+    parser.feed((WEB / "index.html").read_text())
+    assert parser.problems == []
+    for script in WEB.glob("*.js"):
+        code = script.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "console.log"):
+            assert sink not in code, f"{script.name} uses {sink}"
+        assert "localStorage" not in code or script.name == "api.js"  # the token is kept in one place
+
+
+async def test_about(client, service):
+    r = await client.get("/api/v1/about/")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.json() == {
+        "title": "gallery",
+        "logo": None,
+        "code_hint": None,
+        "api_jid": None,
+        "evaluation": True,  # the test service: no XMPP, on 127.0.0.1
+        "evaluation_jid": "demo@gallery.invalid",
+        "max_file_size": service.settings.limits.max_file_size,
+    }
+
+
+async def test_web_settings(settings, tmp_path, prosody):
+    logo = tmp_path / "logo.png"
+    Image.new("RGB", (40, 20), "red").save(logo)
+    settings.web = dataclasses.replace(settings.web, title="Team files", logo=str(logo), code_hint="Codes come from files.example.org.")
+    async with running(configure(settings, prosody), tmp_path) as (_service, client):
+        about = (await client.get("/api/v1/about/")).json()
+        assert about["title"] == "Team files" and about["logo"] == "/web/logo"
+        assert about["code_hint"] == "Codes come from files.example.org."
+        assert about["api_jid"] == "gallery@localhost" and about["evaluation"] is False
+        r = await client.get("/web/logo")
+        assert r.status_code == 200 and r.headers["Content-Type"] == "image/png" and r.content == logo.read_bytes()
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        settings.web.logo = "https://cdn.example.org/logo.svg"
+        policy = csp(await client.get("/"))
+        assert policy["img-src"].endswith(" https://cdn.example.org")
+        assert (await client.get("/api/v1/about/")).json()["logo"] == "https://cdn.example.org/logo.svg"
+
+
+def test_web_settings_are_validated(tmp_path):
+    env = {"GALLERY_WEB_TITLE": "Photos", "GALLERY_WEB_CODE_HINT": "ask the admin"}
+    s = settings_module.load(Path("/nonexistent"), env=env)
+    assert (s.web.title, s.web.code_hint, s.web.logo) == ("Photos", "ask the admin", "")
+    for name, value in (("TITLE", ""), ("TITLE", "x" * 101), ("LOGO", "http://plain.example.org/l.png"), ("LOGO", "nope.png")):
+        with pytest.raises(SettingsError, match=f"web.{name.lower()}"):
+            settings_module.load(Path("/nonexistent"), env={f"GALLERY_WEB_{name}": value})
+
+
+# -- the evaluation set-up ----------------------------------------------------------------------
+
+
+def console_codes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        m.group(1)
+        for record in caplog.records
+        if (m := re.search(r"EVALUATION SET-UP.* with the code (\d{6}) ", record.getMessage()))
+    ]
+
+
+def test_evaluation_only_without_xmpp_and_on_loopback():
+    def on(**server: Any) -> bool:
+        s = Settings()
+        for key, value in server.items():
+            section, name = key.split("__")
+            setattr(getattr(s, section), name, value)
+        return evaluation.enabled(s)
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert on(server__host=host), host
+    for host in ("0.0.0.0", "", "::", "192.0.2.7", "example.org", "2001:db8::1"):
+        assert not on(server__host=host), host
+    assert not on(server__host="127.0.0.1", xmpp__jid="gallery@example.org")
+    assert not on(server__host="127.0.0.1", xmpp__component=types.SimpleNamespace(jid="upload.example.org"))
+    assert on(server__host="127.0.0.1", xmpp__component=types.SimpleNamespace(jid=""))
+
+
+async def test_evaluation_code_on_the_console_signs_in(settings, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    settings.auth.code_interval = 0
+    async with running(settings, tmp_path) as (service, client):
+        [code] = console_codes(caplog)
+        assert f"open {service.url}/ and sign in as demo@gallery.invalid" in caplog.text
+        r = await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": code, "device": "test"})
+        assert r.status_code == 201, r.text
+        headers = {"Authorization": f"Bearer {r.json()['token']}"}
+        assert (await client.get("/api/v1/account/quota/", headers=headers)).status_code == 200
+        assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": code}), 403)  # single use
+        # the page may ask for a new one: it goes to the console too
+        r = await client.post(CODE_REQUEST, json={"jid": "demo@gallery.invalid"})
+        assert r.status_code == 201 and r.json()["api_jid"] == "gallery.invalid"
+        assert len(console_codes(caplog)) == 2
+        wrong = f"{(int(console_codes(caplog)[-1]) + 1) % 10**6:06d}"
+        assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": wrong}), 403)
+        # any other JID still has no way to get a code
+        body = assert_error(await client.post(CODE_REQUEST, json={"jid": "alice@example.org"}), 503)
+        assert "not configured" in body["error"]
+    assert len(console_codes(caplog)) == 2
+
+
+async def test_evaluation_restart_prints_a_fresh_code(settings, tmp_path, caplog):
+    settings.auth.code_interval = 300  # a restart does not wait for it
+    async with running(settings, tmp_path):
+        pass
+    async with running(settings, tmp_path) as (_service, client):
+        first, second = console_codes(caplog)
+        assert_error(await client.post(CODE_REQUEST, json={"jid": "demo@gallery.invalid"}), 429)  # the usual limits
+        if first != second:
+            assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": first}), 403)
+        assert (await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": second})).status_code == 201
+
+
+async def test_no_evaluation_when_xmpp_is_configured(settings, tmp_path, prosody, caplog):
+    async with running(configure(settings, prosody), tmp_path) as (_service, client):
+        assert console_codes(caplog) == [] and "EVALUATION SET-UP" not in caplog.text
+        assert (await client.get("/api/v1/about/")).json()["evaluation"] is False
+        for code in ("000000", "123456"):
+            body = assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": code}), 403)
+            assert "no valid code" in body["error"]
+
+
+async def test_no_evaluation_when_reachable_from_elsewhere(settings, tmp_path, caplog):
+    settings.server.host = "0.0.0.0"
+    async with running(settings, tmp_path) as (service, _client):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.settings.server.port}") as client:
+            assert console_codes(caplog) == [] and "EVALUATION SET-UP" not in caplog.text
+            about = (await client.get("/api/v1/about/")).json()
+            assert about["evaluation"] is False and about["evaluation_jid"] is None
+            assert_error(await client.post(CODE_REQUEST, json={"jid": "demo@gallery.invalid"}), 503)
+            assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": "000000"}), 403)
+
+
+# -- the page in Chromium -----------------------------------------------------------------------
+
+
+def jpeg(width: int, height: int, colour: str = "teal") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, "JPEG")
+    return out.getvalue()
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    image = Image.new("RGB", (width, height), "navy")
+    image.paste((255, 200, 0), (width // 2 - 20, 0, width // 2 + 20, height))
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def tiles(p: Page) -> dict[str, Any]:
+    return {e.find_element("css selector", ".file-name").text: e for e in p.qa("#grid .tile")}
+
+
+def wait_tiles(p: Page, names: set[str], within: float = 10) -> dict[str, Any]:
+    p.until(lambda: set(tiles(p)) == names, f"tiles {sorted(names)}", within)
+    return tiles(p)
+
+
+def used(p: Page) -> int:
+    return int(p.q("#quota-bar").get_attribute("data-used") or -1)
+
+
+def confirm(p: Page, expect: str) -> str:
+    text = p.visible("#confirm-text").text
+    assert expect in text, text
+    p.click("#confirm-ok")
+    p.hidden("#confirm")
+    return text
+
+
+def upload_states(p: Page) -> dict[str, tuple[str, str]]:
+    out = {}
+    for item in p.qa("#uploads .upload"):
+        name = item.find_element("css selector", ".file-name").text
+        out[name] = (item.get_attribute("data-state"), item.find_element("css selector", ".up-status").text)
+    return out
+
+
+def wait_uploads(p: Page, expected: dict[str, str], within: float = 20) -> dict[str, tuple[str, str]]:
+    def done() -> dict | None:
+        states = upload_states(p)
+        return states if all(states.get(n, ("",))[0] == s for n, s in expected.items()) else None
+
+    return p.until(done, f"uploads {expected}", within)
+
+
+def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, files: dict[str, Path]) -> None:
+    """Everything a user does, in order. `next_code()` waits for the code Prosody delivered to the
+    test user; `call(coro)` runs a coroutine on the service's loop."""
+    url = service.url
+    api = httpx.Client(base_url=url, timeout=30)
+    p.d.get(url + "/")
+    p.visible("#login")
+    assert p.q("#evaluation").is_displayed() is False  # XMPP is configured
+    p.fill("#jid", jid)
+    p.click("#send-code")
+    code = next_code()
+    assert "a message from gallery@localhost in your XMPP client" in p.wait_text("#code-sent", jid)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    p.fill("#code", wrong)
+    p.click("#sign-in")
+    assert "The code was not accepted: wrong code (4 attempts left)." in p.wait_text("#login-status", "not accepted")
+    p.fill("#code", code)
+    p.click("#sign-in")
+    p.visible("#app")
+    assert p.text("#who-jid") == jid
+    stored = p.js("return [sessionStorage.getItem('gallery.session'), localStorage.getItem('gallery.session')]")
+    assert stored[1] is None and '"token"' in stored[0]
+    token = p.js("return JSON.parse(sessionStorage.getItem('gallery.session')).token")
+    assert token not in p.d.current_url
+    auth = {"Authorization": f"Bearer {token}"}
+    p.wait_text("#quota-text", "0 bytes of")
+    assert used(p) == 0 and p.visible("#empty")
+    assert not p.q("#admin-tab").is_displayed()  # alice is no admin
+
+    # upload: two large files over a throttled link (watch the progress, cancel one), then several
+    p.d.set_network_conditions(offline=False, latency=5, download_throughput=10_000_000, upload_throughput=400_000)
+    p.q("#picker").send_keys(f"{files['big.bin']}\n{files['cancel-me.bin']}")
+    item = p.visible("#uploads .upload[data-state='sending']")
+    p.until(lambda: 0 < int(p.js("return document.querySelector('#uploads progress').value")) < 600_000, "progress midway")
+    seen = p.js("return [...document.querySelectorAll('#uploads progress')].map(e => [e.value, e.max])")
+    assert any(0 < value < maximum for value, maximum in seen), seen
+    cancel = next(e for e in p.qa("#uploads .upload") if "cancel-me.bin" in e.text)
+    cancel.find_element("css selector", "button").click()
+    wait_uploads(p, {"big.bin": "done", "cancel-me.bin": "cancelled"}, within=30)
+    assert item.get_attribute("data-state") in ("done", "cancelled")
+    p.d.delete_network_conditions()
+    several = ["photo.jpg", "clip.webm", "note.wav", "doc.bin", XSS_NAME]
+    p.q("#picker").send_keys("\n".join(str(files[n]) for n in several))
+    states = wait_uploads(p, dict.fromkeys(several, "done"))
+    assert all(text == "Uploaded." for n, (_, text) in states.items() if n in several), states
+    grid = wait_tiles(p, {"big.bin", *several})
+    sizes = {name: files[name].stat().st_size for name in grid}
+    p.until(lambda: used(p) == sum(sizes.values()), "quota after uploads")
+    assert p.q("#quota-bar").get_attribute("aria-valuenow") != "0.0"
+
+    # what the grid shows: a real thumbnail for the photo, icons by kind, names as text
+    photo = grid["photo.jpg"].find_element("css selector", ".thumb img")
+    p.until(lambda: p.js("return arguments[0].complete && arguments[0].naturalWidth", photo) > 0, "thumbnail loaded")
+    assert grid["clip.webm"].find_elements("css selector", ".icon-video") or grid["clip.webm"].find_elements("css selector", "img")
+    assert grid["doc.bin"].find_element("css selector", ".icon").text.upper() == "FILE"
+    assert grid[XSS_NAME].find_element("css selector", ".file-name").text == XSS_NAME
+    assert p.qa("img[src='x']") == [] and p.js("return document.querySelectorAll('[onerror]').length") == 0
+    assert not p.alert_present()
+    p.screenshot("web-desktop.png")
+    p.size(PHONE)
+    p.until(lambda: p.js("return document.documentElement.scrollWidth") <= PHONE[0], "no sideways scrolling at 390 px")
+    p.screenshot("web-phone.png")
+    p.size((1280, 900))
+
+    # filters: kind and date, then the list view
+    p.set_value("#f-kind", "video")
+    wait_tiles(p, {"clip.webm"})
+    p.set_value("#f-kind", "image")
+    wait_tiles(p, {"photo.jpg", XSS_NAME})
+    p.set_value("#f-kind", "")
+    p.set_value("#f-to", "2020-01-01")
+    p.visible("#empty")
+    wait_tiles(p, set())
+    p.set_value("#f-to", "")
+    p.set_value("#f-from", "2020-01-01")
+    wait_tiles(p, {"big.bin", *several})
+    p.set_value("#f-from", "")
+    p.set_value("#f-sort", "-size")
+    p.until(lambda: p.q("#grid .tile .file-name").text == "big.bin", "largest first")
+    p.q("input[name='view'][value='list']").click()
+    p.visible("#list")
+    rows = p.qa("#list tbody tr")
+    assert len(rows) == 6 and "big.bin" in rows[0].text and fmt_bytes(sizes["big.bin"]) in rows[0].text
+    assert any(XSS_NAME in r.text and "never" in r.text for r in rows)
+    p.q("input[name='view'][value='grid']").click()
+    wait_tiles(p, {"big.bin", *several})
+
+    # delete one, then several
+    before = used(p)
+    tiles(p)["doc.bin"].find_element("css selector", "button.danger").click()
+    confirm(p, f"“doc.bin” ({fmt_bytes(sizes['doc.bin'])})")
+    wait_tiles(p, {"big.bin", "photo.jpg", "clip.webm", "note.wav", XSS_NAME})
+    p.until(lambda: used(p) == before - sizes["doc.bin"], "quota after one delete")
+    current = tiles(p)
+    for name in ("clip.webm", "note.wav"):
+        current[name].find_element("css selector", "input.pick").click()
+    p.wait_text("#delete-selected", "Delete 2 selected files")
+    p.click("#delete-selected")
+    confirm(p, f"Delete 2 files ({fmt_bytes(sizes['clip.webm'] + sizes['note.wav'])})")
+    wait_tiles(p, {"big.bin", "photo.jpg", XSS_NAME})
+    p.until(lambda: used(p) == sizes["big.bin"] + sizes["photo.jpg"] + sizes[XSS_NAME], "quota after deleting two")
+
+    # delete by filter: the confirmation says how many files and bytes
+    p.set_value("#f-kind", "image")
+    wait_tiles(p, {"photo.jpg", XSS_NAME})
+    p.click("#delete-filtered")
+    text = confirm(p, f"2 files, {fmt_bytes(sizes['photo.jpg'] + sizes[XSS_NAME])}")
+    assert text.startswith("Delete all images")
+    p.visible("#empty")
+    p.set_value("#f-kind", "")
+    wait_tiles(p, {"big.bin"})
+    p.until(lambda: used(p) == sizes["big.bin"], "quota after delete by filter")
+    remaining = api.get("/api/v1/files/", headers=auth).json()
+    assert [f["name"] for f in remaining["items"]] == ["big.bin"]
+
+    # the API's refusals, per file: too large, over quota, rate limited
+    settings = service.settings
+    settings.limits.max_file_size = 100_000  # the page still believes the limit at load time
+    p.q("#picker").send_keys(str(files["doc.bin"]))
+    states = wait_uploads(p, {"doc.bin": "refused"})
+    assert "larger than this service accepts" in states["doc.bin"][1], states
+    settings.limits.max_file_size = 104857600
+    call(service.ctx.users.set_quota(jid, sizes["big.bin"] + 1000))
+    p.q("#picker").send_keys(str(files["note.wav"]))
+    states = wait_uploads(p, {"note.wav": "refused"})
+    assert "not enough space left in your quota" in states["note.wav"][1], states
+    call(service.ctx.users.set_quota(jid, 1073741824))
+    settings.limits.uploads_per_window, settings.limits.upload_window = 1, 60
+    p.q("#picker").send_keys(f"{files['clip.webm']}\n{files['photo.jpg']}")
+    p.until(lambda: any("too many uploads" in s for _, s in upload_states(p).values()), "a 429 shown")
+    refused = next(e for e in p.qa("#uploads .upload[data-state='refused']") if "too many uploads" in e.text)
+    assert re.search(r"try again in \d+ seconds", refused.text), refused.text
+    assert refused.find_element("css selector", "button:not([hidden])").text == "Retry"
+    settings.limits.uploads_per_window, settings.limits.upload_window = 1000, 10
+
+    # avatars: upload shows the cropped result; delete
+    p.click(".tabs button[data-tab='avatars']")
+    p.visible("#avatars-empty")
+    before = used(p)
+    p.q("#avatar-picker").send_keys(str(files["face.png"]))
+    p.visible("#avatar-result")
+    assert p.text("#avatar-result-text").startswith("Cropped to 400×400; thumbnails 32, 48, 64, 96, 128, 192, 256, 384 px")
+    img = p.q("#avatar-result-img")
+    p.until(lambda: p.js("return arguments[0].naturalWidth", img) == 400, "cropped avatar shown")
+    p.until(lambda: len(p.qa("#avatar-list .tile")) == 1, "avatar listed")
+    assert p.until(lambda: used(p) > before, "quota counts the avatar")
+    p.q("#avatar-list .tile button.danger").click()
+    confirm(p, "Delete the avatar")
+    p.visible("#avatars-empty")
+
+    # devices: a second sign-in (over XMPP too), revoked from the page
+    assert api.post(CODE_REQUEST, json={"jid": jid}).status_code == 201
+    phone = api.post(AUTH, json={"jid": jid, "code": next_code(), "device": "Phone", "client": "Conversations"}).json()
+    phone_auth = {"Authorization": f"Bearer {phone['token']}"}
+    assert api.get(TOKENS, headers=phone_auth).status_code == 200
+    p.click(".tabs button[data-tab='devices']")
+    p.until(lambda: len(p.qa("#tokens tbody tr")) == 2, "two devices")
+    mine = p.q("#tokens tbody tr[data-current='true']")
+    assert "this device" in mine.text and "Chromium on Linux" in mine.text and "gallery web page" in mine.text
+    other = p.q(f"#tokens tbody tr[data-id='{phone['token_id']}']")
+    assert "Phone" in other.text and "Conversations" in other.text
+    other.find_element("css selector", "button").click()
+    p.until(lambda: len(p.qa("#tokens tbody tr")) == 1, "the phone signed out")
+    assert api.get(TOKENS, headers=phone_auth).status_code == 401
+    assert api.get(TOKENS, headers=auth).status_code == 200
+
+    # log out revokes the page's token
+    p.click("#logout")
+    p.visible("#login")
+    assert "You are signed out." in p.text("#login-status")
+    assert p.js("return sessionStorage.getItem('gallery.session')") is None
+    assert api.get(TOKENS, headers=auth).status_code == 401
+    api.close()
+
+
+def unexpected_console(entries: list[dict]) -> list[dict]:
+    """Console entries other than the failed requests the flow provokes on purpose (Chromium logs
+    every 4xx answer as an error): the wrong code, the admin probe, the refused uploads."""
+    expected = (
+        ("account/xmpp_auth/", 403),
+        ("account/list/", 403),
+        ("files/upload/", 413),
+        ("files/upload/", 403),
+        ("files/upload/", 429),
+        ("files/?type=not-a-kind", 400),
+    )
+
+    def planned(entry: dict) -> bool:
+        message = entry.get("message", "")
+        return entry.get("source") == "network" and any(
+            path in message and f"status of {status}" in message for path, status in expected
+        )
+
+    return [e for e in entries if e.get("level") in ("SEVERE", "WARNING") and not planned(e)]
+
+
+@pytest.mark.slow
+async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, page):
+    alice = await xmpp_user("alice")
+    files = {
+        "big.bin": opaque(900_000),
+        "cancel-me.bin": opaque(900_000),
+        "photo.jpg": jpeg(800, 600),
+        "clip.webm": WEBM,
+        "note.wav": wav(),
+        "doc.bin": opaque(300_000),
+        XSS_NAME: SVG,
+        "face.png": png(640, 400),
+    }
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    paths = {}
+    for name, content in files.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(content)
+    loop = asyncio.get_running_loop()
+    async with running(configure(settings, prosody), tmp_path) as (service, _client):
+
+        def next_code() -> str:
+            return asyncio.run_coroutine_threadsafe(alice.next_code(), loop).result(15)[0]
+
+        def call(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(15)
+
+        await asyncio.to_thread(page_flow, page, service, alice.jid, next_code, call, paths)
+        assert unexpected_console(await asyncio.to_thread(page.console)) == []
+
+
+@pytest.mark.slow
+async def test_evaluation_sign_in_in_chromium(settings, tmp_path, caplog, page):
+    async with running(settings, tmp_path) as (service, _client):
+        [code] = console_codes(caplog)
+
+        def flow() -> None:
+            page.d.get(service.url + "/")
+            banner = page.visible("#evaluation")
+            assert "evaluation set-up" in banner.text and "demo@gallery.invalid" in banner.text
+            assert page.q("#jid").get_attribute("value") == "demo@gallery.invalid"
+            page.click("#have-code")
+            assert "printed on the service's console" in page.text("#code-sent")
+            page.fill("#code", code)
+            page.q("#keep").click()  # keep me signed in: localStorage, and it survives a reload
+            page.click("#sign-in")
+            page.wait_text("#who-jid", "demo@gallery.invalid")
+            assert page.js("return sessionStorage.getItem('gallery.session')") is None
+            page.d.refresh()
+            page.wait_text("#who-jid", "demo@gallery.invalid")
+            page.visible("#files")
+            page.size(PHONE)
+            page.screenshot("web-evaluation-phone.png")
+            page.click("#logout")
+            page.visible("#login")
+            assert page.js("return localStorage.getItem('gallery.session')") is None
+
+        await asyncio.to_thread(flow)
+        assert unexpected_console(await asyncio.to_thread(page.console)) == []
