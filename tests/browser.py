@@ -75,6 +75,7 @@ class Page:
             except StaleElementReferenceException:
                 pass
             time.sleep(0.03)
+        self.screenshot("failure.png")
         raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
     def visible(self, css: str, within: float = 10) -> WebElement:

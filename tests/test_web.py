@@ -77,7 +77,14 @@ async def test_page_is_served_with_strict_headers(client):
 
 
 async def test_only_the_page_files_are_served(client):
-    for path in ("/web/nothing.js", "/web/.hidden", "/web/..%2Fsettings.yaml", "/web/%2e%2e/server.py", "/web/logo", "/index.html"):
+    for path in (
+        "/web/nothing.js",
+        "/web/.hidden",
+        "/web/..%2Fsettings.yaml",
+        "/web/%2e%2e/server.py",
+        "/web/logo",
+        "/index.html",
+    ):
         r = await client.get(path)
         assert_error(r, 404)
     (WEB / "notes.txt").write_text("not a page file")  # a stray file in web/ stays private
@@ -138,7 +145,9 @@ async def test_about(client, service):
 async def test_web_settings(settings, tmp_path, prosody):
     logo = tmp_path / "logo.png"
     Image.new("RGB", (40, 20), "red").save(logo)
-    settings.web = dataclasses.replace(settings.web, title="Team files", logo=str(logo), code_hint="Codes come from files.example.org.")
+    settings.web = dataclasses.replace(
+        settings.web, title="Team files", logo=str(logo), code_hint="Codes come from files.example.org."
+    )
     async with running(configure(settings, prosody), tmp_path) as (_service, client):
         about = (await client.get("/api/v1/about/")).json()
         assert about["title"] == "Team files" and about["logo"] == "/web/logo"
@@ -284,10 +293,11 @@ def confirm(p: Page, expect: str) -> str:
 
 
 def upload_states(p: Page) -> dict[str, tuple[str, str]]:
-    out = {}
+    """name -> (state, status text) of the newest upload of each name (the list is newest first)."""
+    out: dict[str, tuple[str, str]] = {}
     for item in p.qa("#uploads .upload"):
         name = item.find_element("css selector", ".file-name").text
-        out[name] = (item.get_attribute("data-state"), item.find_element("css selector", ".up-status").text)
+        out.setdefault(name, (item.get_attribute("data-state"), item.find_element("css selector", ".up-status").text))
     return out
 
 
@@ -352,14 +362,22 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     # what the grid shows: a real thumbnail for the photo, icons by kind, names as text
     photo = grid["photo.jpg"].find_element("css selector", ".thumb img")
     p.until(lambda: p.js("return arguments[0].complete && arguments[0].naturalWidth", photo) > 0, "thumbnail loaded")
-    assert grid["clip.webm"].find_elements("css selector", ".icon-video") or grid["clip.webm"].find_elements("css selector", "img")
+    assert grid["clip.webm"].find_elements("css selector", ".icon-video") or grid["clip.webm"].find_elements(
+        "css selector", "img"
+    )
     assert grid["doc.bin"].find_element("css selector", ".icon").text.upper() == "FILE"
     assert grid[XSS_NAME].find_element("css selector", ".file-name").text == XSS_NAME
     assert p.qa("img[src='x']") == [] and p.js("return document.querySelectorAll('[onerror]').length") == 0
     assert not p.alert_present()
+    p.click("#clear-uploads")
+    p.until(lambda: p.qa("#uploads .upload") == [], "finished uploads cleared")
+    p.size((1280, 1100))
+    p.js("window.scrollTo(0, 0)")
     p.screenshot("web-desktop.png")
     p.size(PHONE)
-    p.until(lambda: p.js("return document.documentElement.scrollWidth") <= PHONE[0], "no sideways scrolling at 390 px")
+    p.js("document.querySelector('#filters').scrollIntoView()")
+    sideways = "const d = document.documentElement; return d.scrollWidth - d.clientWidth"
+    p.until(lambda: p.js(sideways) <= 0, "no sideways scrolling at 390 px")
     p.screenshot("web-phone.png")
     p.size((1280, 900))
 
@@ -421,7 +439,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     states = wait_uploads(p, {"doc.bin": "refused"})
     assert "larger than this service accepts" in states["doc.bin"][1], states
     settings.limits.max_file_size = 104857600
-    call(service.ctx.users.set_quota(jid, sizes["big.bin"] + 1000))
+    call(service.ctx.users.set_quota(jid, sizes["big.bin"] + 100))  # note.wav needs 444 bytes
     p.q("#picker").send_keys(str(files["note.wav"]))
     states = wait_uploads(p, {"note.wav": "refused"})
     assert "not enough space left in your quota" in states["note.wav"][1], states

@@ -358,7 +358,9 @@ function filterDescription() {
 
 async function loadFiles() {
   const perPage = Number($("#f-per-page").value) || 48;
+  const asked = (state.asked = (state.asked || 0) + 1);
   const answer = await api.get("files/", { ...filterParams(), order_by: $("#f-sort").value, obj_per_page: perPage, page: state.page });
+  if (asked !== state.asked) return answer; // a newer request (the filter changed meanwhile) wins
   if (answer.items.length === 0 && state.page > 1 && answer.total_pages > 0) {
     state.page = answer.total_pages;
     return loadFiles();
@@ -496,12 +498,12 @@ async function deleteOne(file) {
 }
 
 async function deleteSelected() {
-  const chosen = state.items.filter((f) => state.selected.has(String(f.id)));
-  const ids = [...state.selected];
+  const chosen = state.items.filter((f) => state.selected.has(String(f.id))); // the selection is of this page
+  const ids = chosen.map((f) => f.id); // as the API gave them (integers, or strings from older services)
   const size = chosen.reduce((sum, f) => sum + (Number(f.size) || 0), 0);
   if (!(await confirmDialog(`Delete ${plural(ids.length, "file")} (${bytes(size)})? Their links stop working.`))) return;
   try {
-    const answer = await api.call("DELETE", "files/", { body: { id: ids.map(Number) } });
+    const answer = await api.call("DELETE", "files/", { body: { id: ids } });
     state.selected.clear();
     await afterDelete(answer, plural(answer.deleted, "file"));
   } catch (error) {
@@ -601,6 +603,14 @@ function finish(job, result, text) {
   job.item.dataset.state = result;
   job.status.textContent = text;
   job.cancel.hidden = true;
+  $("#clear-uploads").hidden = false;
+}
+
+function clearUploads() {
+  for (const item of [...document.querySelectorAll("#uploads .upload")]) {
+    if (item.dataset.state !== "waiting" && item.dataset.state !== "sending") item.remove();
+  }
+  $("#clear-uploads").hidden = true;
 }
 
 function cancelUpload(job) {
@@ -890,6 +900,7 @@ function wire() {
     render();
   });
   $("#delete-selected").addEventListener("click", deleteSelected);
+  $("#clear-uploads").addEventListener("click", clearUploads);
   $("#delete-filtered").addEventListener("click", deleteFiltered);
   $("#avatar-picker").addEventListener("change", uploadAvatar);
   $("#revoke-others").addEventListener("click", revokeOthers);
