@@ -22,6 +22,7 @@ from services.context import Parts
 from settings import Settings
 from storage.local import LocalStore
 from tests.helpers import login, override, stop_process
+from tests.browser import chromium, page  # noqa: F401 - fixtures: a real headless Chromium
 from tests.prosody import own_prosody, prosody, xmpp_user  # noqa: F401 - fixtures: a real Prosody, test users
 
 

@@ -23,7 +23,7 @@ import settings as settings_module
 from server import Service
 from services import evaluation
 from settings import Settings, SettingsError
-from tests.browser import PHONE, Page, chromium, fmt_bytes, page  # noqa: F401 - fixtures
+from tests.browser import PHONE, Page, fmt_bytes
 from tests.helpers import WEBM, assert_error, opaque, wav
 from tests.prosody import AUTH, CODE_REQUEST, TOKENS, configure
 
@@ -246,7 +246,8 @@ async def test_no_evaluation_when_xmpp_is_configured(settings, tmp_path, prosody
 async def test_no_evaluation_when_reachable_from_elsewhere(settings, tmp_path, caplog):
     settings.server.host = "0.0.0.0"
     async with running(settings, tmp_path) as (service, _client):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.settings.server.port}") as client:
+        port = service.settings.server.port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert console_codes(caplog) == [] and "EVALUATION SET-UP" not in caplog.text
             about = (await client.get("/api/v1/about/")).json()
             assert about["evaluation"] is False and about["evaluation_jid"] is None
