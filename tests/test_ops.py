@@ -50,6 +50,7 @@ async def test_openapi_is_valid_and_served(client):
 
 def _route_to_openapi(pattern: str) -> str:
     path = pattern.removesuffix("/?")
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path)  # a named group is a named parameter
     path = path.replace(r"\.", ".")
     names = iter(["{slot_id}", "{name}"])
     path = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", path)
