@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from selenium.webdriver.common.keys import Keys
 
 import settings as settings_module
 from server import Service
@@ -285,6 +286,11 @@ def used(p: Page) -> int:
     return int(p.q("#quota-bar").get_attribute("data-used") or -1)
 
 
+def idle(p: Page) -> None:
+    """No API request in flight (one answered after a log out would be logged as a 401)."""
+    p.until(lambda: p.q("body").get_attribute("data-pending") == "0", "the page idle")
+
+
 def confirm(p: Page, expect: str) -> str:
     text = p.visible("#confirm-text").text
     assert expect in text, text
@@ -485,11 +491,28 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     assert api.get(TOKENS, headers=auth).status_code == 200
 
     # log out revokes the page's token
+    idle(p)
     p.click("#logout")
     p.visible("#login")
-    assert "You are signed out." in p.text("#login-status")
+    p.wait_text("#login-status", "You are signed out.")
     assert p.js("return sessionStorage.getItem('gallery.session')") is None
     assert api.get(TOKENS, headers=auth).status_code == 401
+
+    # signed out from another device: the page notices at its next request and says so
+    p.fill("#jid", jid)
+    p.click("#send-code")
+    p.fill("#code", next_code())
+    p.click("#sign-in")
+    p.visible("#app")
+    assert api.post(CODE_REQUEST, json={"jid": jid}).status_code == 201
+    other = api.post(AUTH, json={"jid": jid, "code": next_code(), "device": "Laptop"}).json()
+    r = api.request("DELETE", TOKENS, params={"all": "true"}, headers={"Authorization": f"Bearer {other['token']}"})
+    assert r.status_code == 204
+    idle(p)
+    p.click(".tabs button[data-tab='devices']")
+    p.wait_text("#login-status", "Your session has ended")
+    p.visible("#login")
+    assert p.js("return sessionStorage.getItem('gallery.session')") is None
     api.close()
 
 
@@ -499,6 +522,7 @@ def unexpected_console(entries: list[dict]) -> list[dict]:
     expected = (
         ("account/xmpp_auth/", 403),
         ("account/list/", 403),
+        ("account/tokens/", 401),  # the page's token was revoked from another device
         ("files/upload/", 413),
         ("files/upload/", 403),
         ("files/upload/", 429),
@@ -543,7 +567,8 @@ async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, page
             return asyncio.run_coroutine_threadsafe(coro, loop).result(15)
 
         await asyncio.to_thread(page_flow, page, service, alice.jid, next_code, call, paths)
-        assert unexpected_console(await asyncio.to_thread(page.console)) == []
+        noise = unexpected_console(await asyncio.to_thread(page.console))
+        assert noise == [], "\n".join(e["message"] for e in noise)
 
 
 @pytest.mark.slow
@@ -552,25 +577,45 @@ async def test_evaluation_sign_in_in_chromium(settings, tmp_path, caplog, page):
         [code] = console_codes(caplog)
 
         def flow() -> None:
+            dark = [{"name": "prefers-color-scheme", "value": "dark"}]
+            page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": dark})
             page.d.get(service.url + "/")
             banner = page.visible("#evaluation")
             assert "evaluation set-up" in banner.text and "demo@gallery.invalid" in banner.text
             assert page.q("#jid").get_attribute("value") == "demo@gallery.invalid"
-            page.click("#have-code")
+            background = page.js("return getComputedStyle(document.body).backgroundColor")
+            assert background == "rgb(17, 20, 24)", background  # the dark scheme
+            # by keyboard alone: Tab to "I already have a code", Enter, type the code, Enter
+            page.q("#jid").click()
+            active = lambda: page.js("return document.activeElement.id")  # noqa: E731
+            page.d.switch_to.active_element.send_keys(Keys.TAB)
+            assert active() == "send-code"
+            page.d.switch_to.active_element.send_keys(Keys.TAB)
+            assert active() == "have-code"
+            page.d.switch_to.active_element.send_keys(Keys.ENTER)
+            page.until(lambda: active() == "code", "the code field focused")
             assert "printed on the service's console" in page.text("#code-sent")
-            page.fill("#code", code)
-            page.q("#keep").click()  # keep me signed in: localStorage, and it survives a reload
-            page.click("#sign-in")
+            page.d.switch_to.active_element.send_keys(Keys.TAB)
+            assert active() == "keep"
+            page.d.switch_to.active_element.send_keys(Keys.SPACE)  # keep me signed in: localStorage
+            page.q("#code").send_keys(code + Keys.ENTER)
             page.wait_text("#who-jid", "demo@gallery.invalid")
+            page.visible("#empty")
+            idle(page)
+            page.screenshot("web-evaluation-dark.png")
             assert page.js("return sessionStorage.getItem('gallery.session')") is None
             page.d.refresh()
             page.wait_text("#who-jid", "demo@gallery.invalid")
             page.visible("#files")
             page.size(PHONE)
             page.screenshot("web-evaluation-phone.png")
+            idle(page)
             page.click("#logout")
             page.visible("#login")
+            page.wait_text("#login-status", "You are signed out.")
             assert page.js("return localStorage.getItem('gallery.session')") is None
+            page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
         await asyncio.to_thread(flow)
-        assert unexpected_console(await asyncio.to_thread(page.console)) == []
+        noise = unexpected_console(await asyncio.to_thread(page.console))
+        assert noise == [], "\n".join(e["message"] for e in noise)

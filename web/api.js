@@ -79,8 +79,16 @@ async function parse(response) {
   return body;
 }
 
-export async function call(method, path, { params, body } = {}) {
+// Requests in flight, on <body data-pending> (0 when the page is idle).
+let pending = 0;
+function track(delta) {
+  pending += delta;
+  document.body.dataset.pending = String(pending);
+}
+
+export async function call(method, path, { params, body, token } = {}) {
   const init = { method, headers: headers(), credentials: "omit", referrerPolicy: "no-referrer", cache: "no-store" };
+  if (token) init.headers.Authorization = `Bearer ${token}`;
   let url = BASE + path;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -88,12 +96,16 @@ export async function call(method, path, { params, body } = {}) {
   }
   if (params) url += query(params);
   let response;
+  track(1);
   try {
     response = await fetch(url, init);
-  } catch {
+    return await parse(response);
+  } catch (error) {
+    if (error instanceof ApiError) throw error;
     throw new ApiError(0, "the service cannot be reached: check your connection", {}, null);
+  } finally {
+    track(-1);
   }
-  return parse(response);
 }
 
 export const get = (path, params) => call("GET", path, { params });

@@ -227,15 +227,16 @@ function showLogin(message, kind = "info") {
 
 async function logOut() {
   const me = state.me;
+  api.session.clear(); // first: answers still on their way no longer count as "signed out elsewhere"
+  showLogin("Signing out…");
   if (me) {
     try {
-      await api.call("DELETE", "account/tokens/", { body: { token_id: me.token_id } });
+      await api.call("DELETE", "account/tokens/", { body: { token_id: me.token_id }, token: me.token });
     } catch {
       // the token may already be gone: either way it is forgotten here
     }
   }
-  api.session.clear();
-  showLogin("You are signed out.");
+  say("#login-status", "You are signed out.");
   $("#jid").focus();
 }
 
