@@ -516,6 +516,32 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     api.close()
 
 
+def admin_flow(p: Page, service: Service, admin: str, user: str, next_code: Any) -> None:
+    """An admin sees the accounts and changes a quota."""
+    p.fill("#jid", admin)
+    p.click("#send-code")
+    p.fill("#code", next_code())
+    p.click("#sign-in")
+    p.click("#admin-tab")
+    rows = "#accounts tbody tr"
+    row = p.until(lambda: next((r for r in p.qa(rows) if r.get_attribute("data-jid") == user), None), "the user's row")
+    token = p.js("return JSON.parse(sessionStorage.getItem('gallery.session')).token")
+    api = httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {token}"})
+    before = {a["jid"]: a for a in api.get("/api/v1/account/list/").json()["items"]}[user]
+    assert f"{fmt_bytes(before['used'])} of {fmt_bytes(before['quota'])}" in row.text
+    field = row.find_element("css selector", "input")
+    field.clear()
+    field.send_keys("2")
+    row.find_element("css selector", "button").click()
+    p.wait_text("#app-status", f"The quota of {user} is now 2.1 MB.")
+    listed = api.get("/api/v1/account/list/").json()
+    api.close()
+    assert {a["jid"]: a["quota"] for a in listed["items"]}[user] == 2 * 1024 * 1024
+    idle(p)
+    p.click("#logout")
+    p.wait_text("#login-status", "You are signed out.")
+
+
 def unexpected_console(entries: list[dict]) -> list[dict]:
     """Console entries other than the failed requests the flow provokes on purpose (Chromium logs
     every 4xx answer as an error): the wrong code, the admin probe, the refused uploads."""
@@ -567,6 +593,12 @@ async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, page
             return asyncio.run_coroutine_threadsafe(coro, loop).result(15)
 
         await asyncio.to_thread(page_flow, page, service, alice.jid, next_code, call, paths)
+        admin = await xmpp_user("admin")
+
+        def admin_code() -> str:
+            return asyncio.run_coroutine_threadsafe(admin.next_code(), loop).result(15)[0]
+
+        await asyncio.to_thread(admin_flow, page, service, admin.jid, alice.jid, admin_code)
         noise = unexpected_console(await asyncio.to_thread(page.console))
         assert noise == [], "\n".join(e["message"] for e in noise)
 
@@ -607,15 +639,25 @@ async def test_evaluation_sign_in_in_chromium(settings, tmp_path, caplog, page):
             page.d.refresh()
             page.wait_text("#who-jid", "demo@gallery.invalid")
             page.visible("#files")
+            # drag and drop: a file dropped on the zone is uploaded
+            page.js(
+                "const dt = new DataTransfer(); dt.items.add(new File(['dropped text'], 'dropped.txt', {type: 'text/plain'}));"
+                "document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));"
+            )
+            wait_uploads(page, {"dropped.txt": "done"})
+            wait_tiles(page, {"dropped.txt"})
             page.size(PHONE)
             page.screenshot("web-evaluation-phone.png")
-            idle(page)
-            page.click("#logout")
-            page.visible("#login")
-            page.wait_text("#login-status", "You are signed out.")
+            # delete the account: the confirmation names what goes
+            page.click(".tabs button[data-tab='account']")
+            page.wait_text("#account-summary", "1 file and 0 avatars")
+            page.click("#delete-account")
+            confirm(page, "Delete the account demo@gallery.invalid? This removes 1 file and 0 avatars (12 bytes)")
+            page.wait_text("#login-status", "Your account and everything in it are deleted.")
             assert page.js("return localStorage.getItem('gallery.session')") is None
             page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
         await asyncio.to_thread(flow)
+        assert await service.ctx.db.users.find_one({"_id": "demo@gallery.invalid"}) is None
         noise = unexpected_console(await asyncio.to_thread(page.console))
         assert noise == [], "\n".join(e["message"] for e in noise)
