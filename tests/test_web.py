@@ -446,11 +446,11 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     states = wait_uploads(p, {"doc.bin": "refused"})
     assert "larger than this service accepts" in states["doc.bin"][1], states
     settings.limits.max_file_size = 104857600
-    call(service.ctx.users.set_quota(jid, sizes["big.bin"] + 100))  # note.wav needs 444 bytes
+    call(service.parts.users.set_quota(jid, sizes["big.bin"] + 100))  # note.wav needs 444 bytes
     p.q("#picker").send_keys(str(files["note.wav"]))
     states = wait_uploads(p, {"note.wav": "refused"})
     assert "not enough space left in your quota" in states["note.wav"][1], states
-    call(service.ctx.users.set_quota(jid, 1073741824))
+    call(service.parts.users.set_quota(jid, 1073741824))
     settings.limits.uploads_per_window, settings.limits.upload_window = 1, 60
     p.q("#picker").send_keys(f"{files['clip.webm']}\n{files['photo.jpg']}")
     p.until(lambda: any("too many uploads" in s for _, s in upload_states(p).values()), "a 429 shown")
@@ -658,6 +658,6 @@ async def test_evaluation_sign_in_in_chromium(settings, tmp_path, caplog, page):
             page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
         await asyncio.to_thread(flow)
-        assert await service.ctx.db.users.find_one({"_id": "demo@gallery.invalid"}) is None
+        assert await service.parts.db.users.find_one({"_id": "demo@gallery.invalid"}) is None
         noise = unexpected_console(await asyncio.to_thread(page.console))
         assert noise == [], "\n".join(e["message"] for e in noise)
