@@ -489,6 +489,16 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     p.until(lambda: len(p.qa("#tokens tbody tr")) == 1, "the phone signed out")
     assert api.get(TOKENS, headers=phone_auth).status_code == 401
     assert api.get(TOKENS, headers=auth).status_code == 200
+    assert api.post(CODE_REQUEST, json={"jid": jid}).status_code == 201
+    tablet = api.post(AUTH, json={"jid": jid, "code": next_code(), "device": "Tablet"}).json()
+    p.click(".tabs button[data-tab='account']")
+    p.click(".tabs button[data-tab='devices']")
+    p.until(lambda: len(p.qa("#tokens tbody tr")) == 2, "the tablet listed")
+    p.click("#revoke-others")
+    confirm(p, "Sign out every other device?")
+    p.until(lambda: len(p.qa("#tokens tbody tr")) == 1, "only this device left")
+    assert p.q("#revoke-others").get_attribute("disabled") is not None
+    assert api.get(TOKENS, headers={"Authorization": f"Bearer {tablet['token']}"}).status_code == 401
 
     # log out revokes the page's token
     idle(p)
