@@ -316,6 +316,29 @@ def wait_uploads(p: Page, expected: dict[str, str], within: float = 20) -> dict[
     return p.until(done, f"uploads {expected}", within)
 
 
+def login_errors(p: Page, service: Service) -> None:
+    """What the sign-in form says to each refusal of the API."""
+    p.fill("#jid", "not a jid@")
+    p.click("#send-code")
+    assert p.wait_text("#login-status", "is not a valid XMPP address").startswith("“not a jid@” is not a valid XMPP address")
+    service.settings.auth.deny.append("denied.example")
+    p.fill("#jid", "someone@denied.example")
+    p.click("#send-code")
+    p.wait_text("#login-status", "This service does not accept this address (denied.example)")
+    service.settings.auth.deny.remove("denied.example")
+    # five wrong codes for bob (offline: his code waits on the server, unread): the fifth is a 429
+    p.fill("#jid", "bob@localhost")
+    p.click("#send-code")
+    p.visible("#auth-form")
+    for attempt in range(5):
+        p.fill("#code", f"{attempt:06d}")  # 1 chance in 200 000 of being his code
+        p.click("#sign-in")
+        if attempt < 4:
+            p.wait_text("#login-status", f"wrong code ({4 - attempt} attempt")
+    assert re.fullmatch(r"Too many wrong codes\. Request a new code in \d+ seconds?\.", p.wait_text("#login-status", "Too many"))
+    p.visible("#code-form")  # back to the address: a new code is needed
+
+
 def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, files: dict[str, Path]) -> None:
     """Everything a user does, in order. `next_code()` waits for the code Prosody delivered to the
     test user; `call(coro)` runs a coroutine on the service's loop."""
@@ -324,6 +347,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     p.d.get(url + "/")
     p.visible("#login")
     assert p.q("#evaluation").is_displayed() is False  # XMPP is configured
+    login_errors(p, service)
     p.fill("#jid", jid)
     p.click("#send-code")
     code = next_code()
@@ -557,6 +581,10 @@ def unexpected_console(entries: list[dict]) -> list[dict]:
     every 4xx answer as an error): the wrong code, the admin probe, the refused uploads."""
     expected = (
         ("account/xmpp_auth/", 403),
+        ("account/xmpp_auth/", 429),
+        ("account/xmpp_code_request/", 400),
+        ("account/xmpp_code_request/", 403),
+        ("account/xmpp_code_request/", 503),
         ("account/list/", 403),
         ("account/tokens/", 401),  # the page's token was revoked from another device
         ("files/upload/", 413),
@@ -624,6 +652,11 @@ async def test_evaluation_sign_in_in_chromium(settings, tmp_path, caplog, page):
             page.d.get(service.url + "/")
             banner = page.visible("#evaluation")
             assert "evaluation set-up" in banner.text and "demo@gallery.invalid" in banner.text
+            page.fill("#jid", "alice@example.org")  # any other JID: no XMPP to send its code
+            page.click("#send-code")
+            page.wait_text("#login-status", "The service cannot send codes over XMPP right now")
+            page.d.refresh()
+            page.visible("#login")
             assert page.q("#jid").get_attribute("value") == "demo@gallery.invalid"
             background = page.js("return getComputedStyle(document.body).backgroundColor")
             assert background == "rgb(17, 20, 24)", background  # the dark scheme
