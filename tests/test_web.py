@@ -348,6 +348,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     p.visible("#login")
     assert p.q("#evaluation").is_displayed() is False  # XMPP is configured
     login_errors(p, service)
+    p.screenshot("web-login.png")
     p.fill("#jid", jid)
     p.click("#send-code")
     code = next_code()
