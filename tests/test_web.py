@@ -259,9 +259,14 @@ async def test_no_evaluation_when_reachable_from_elsewhere(settings, tmp_path, c
 # -- the page in Chromium -----------------------------------------------------------------------
 
 
-def jpeg(width: int, height: int, colour: str = "teal") -> bytes:
+def jpeg(width: int, height: int, tint: tuple[int, int, int]) -> bytes:
+    """A photo-like picture: two gradients across each other, tinted."""
+    across = Image.linear_gradient("L").rotate(90).resize((width, height))
+    down = Image.linear_gradient("L").resize((width, height))
+    image = Image.merge("RGB", (across, down, Image.new("L", (width, height), 128)))
+    image = Image.blend(image, Image.new("RGB", (width, height), tint), 0.45)
     out = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(out, "JPEG")
+    image.save(out, "JPEG")
     return out.getvalue()
 
 
@@ -382,7 +387,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     wait_uploads(p, {"big.bin": "done", "cancel-me.bin": "cancelled"}, within=30)
     assert item.get_attribute("data-state") in ("done", "cancelled")
     p.d.delete_network_conditions()
-    several = ["photo.jpg", "clip.webm", "note.wav", "doc.bin", XSS_NAME]
+    several = ["photo.jpg", "sunset.jpg", "clip.webm", "note.wav", "doc.bin", XSS_NAME]
     p.q("#picker").send_keys("\n".join(str(files[n]) for n in several))
     states = wait_uploads(p, dict.fromkeys(several, "done"))
     assert all(text == "Uploaded." for n, (_, text) in states.items() if n in several), states
@@ -417,7 +422,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     p.set_value("#f-kind", "video")
     wait_tiles(p, {"clip.webm"})
     p.set_value("#f-kind", "image")
-    wait_tiles(p, {"photo.jpg", XSS_NAME})
+    wait_tiles(p, {"photo.jpg", "sunset.jpg", XSS_NAME})
     p.set_value("#f-kind", "")
     p.set_value("#f-to", "2020-01-01")
     p.visible("#empty")
@@ -431,7 +436,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     p.q("input[name='view'][value='list']").click()
     p.visible("#list")
     rows = p.qa("#list tbody tr")
-    assert len(rows) == 6 and "big.bin" in rows[0].text and fmt_bytes(sizes["big.bin"]) in rows[0].text
+    assert len(rows) == 7 and "big.bin" in rows[0].text and fmt_bytes(sizes["big.bin"]) in rows[0].text
     assert any(XSS_NAME in r.text and "never" in r.text for r in rows)
     p.q("input[name='view'][value='grid']").click()
     wait_tiles(p, {"big.bin", *several})
@@ -440,7 +445,7 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     before = used(p)
     tiles(p)["doc.bin"].find_element("css selector", "button.danger").click()
     confirm(p, f"“doc.bin” ({fmt_bytes(sizes['doc.bin'])})")
-    wait_tiles(p, {"big.bin", "photo.jpg", "clip.webm", "note.wav", XSS_NAME})
+    wait_tiles(p, {"big.bin", "photo.jpg", "sunset.jpg", "clip.webm", "note.wav", XSS_NAME})
     p.until(lambda: used(p) == before - sizes["doc.bin"], "quota after one delete")
     current = tiles(p)
     for name in ("clip.webm", "note.wav"):
@@ -448,14 +453,15 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     p.wait_text("#delete-selected", "Delete 2 selected files")
     p.click("#delete-selected")
     confirm(p, f"Delete 2 files ({fmt_bytes(sizes['clip.webm'] + sizes['note.wav'])})")
-    wait_tiles(p, {"big.bin", "photo.jpg", XSS_NAME})
-    p.until(lambda: used(p) == sizes["big.bin"] + sizes["photo.jpg"] + sizes[XSS_NAME], "quota after deleting two")
+    images = ("photo.jpg", "sunset.jpg", XSS_NAME)
+    wait_tiles(p, {"big.bin", *images})
+    p.until(lambda: used(p) == sizes["big.bin"] + sum(sizes[n] for n in images), "quota after deleting two")
 
     # delete by filter: the confirmation says how many files and bytes
     p.set_value("#f-kind", "image")
-    wait_tiles(p, {"photo.jpg", XSS_NAME})
+    wait_tiles(p, set(images))
     p.click("#delete-filtered")
-    text = confirm(p, f"2 files, {fmt_bytes(sizes['photo.jpg'] + sizes[XSS_NAME])}")
+    text = confirm(p, f"3 files, {fmt_bytes(sum(sizes[n] for n in images))}")
     assert text.startswith("Delete all images")
     p.visible("#empty")
     p.set_value("#f-kind", "")
@@ -609,7 +615,8 @@ async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, page
     files = {
         "big.bin": opaque(900_000),
         "cancel-me.bin": opaque(900_000),
-        "photo.jpg": jpeg(800, 600),
+        "photo.jpg": jpeg(800, 600, (0, 128, 128)),
+        "sunset.jpg": jpeg(1200, 800, (230, 110, 40)),
         "clip.webm": WEBM,
         "note.wav": wav(),
         "doc.bin": opaque(300_000),
