@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tornado import httputil
 from tornado.web import HTTPError, StaticFileHandler
 
 from handlers.base import BaseHandler
@@ -89,7 +90,8 @@ class PageHandler(StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"status": str(status_code), "error": "not found" if status_code == 404 else "error"}))
+        message = httputil.responses.get(status_code, "error").lower()
+        self.finish(json.dumps({"status": str(status_code), "error": message}))
 
 
 class IndexHandler(PageHandler):

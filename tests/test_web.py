@@ -88,6 +88,8 @@ async def test_only_the_page_files_are_served(client):
     ):
         r = await client.get(path)
         assert_error(r, 404)
+    assert_error(await client.post("/", content=b"x"), 405)
+    assert_error(await client.delete("/web/app.js"), 405)
     (WEB / "notes.txt").write_text("not a page file")  # a stray file in web/ stays private
     try:
         assert_error(await client.get("/web/notes.txt"), 404)
