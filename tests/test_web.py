@@ -25,7 +25,7 @@ from server import Service
 from services import evaluation
 from settings import Settings, SettingsError
 from tests.browser import PHONE, Page, fmt_bytes
-from tests.helpers import WEBM, assert_error, opaque, wav
+from tests.helpers import WEBM, assert_error, opaque, server_env, start_server, wav
 from tests.prosody import AUTH, CODE_REQUEST, TOKENS, configure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +223,25 @@ async def test_evaluation_code_on_the_console_signs_in(settings, tmp_path, caplo
         body = assert_error(await client.post(CODE_REQUEST, json={"jid": "alice@example.org"}), 503)
         assert "not configured" in body["error"]
     assert len(console_codes(caplog)) == 2
+
+
+def test_a_newcomer_runs_server_py_and_signs_in(settings, tmp_path):
+    """`python server.py` with the repository's settings.yaml (no xmpp.*, 127.0.0.1): the console
+    says how to sign in, and that works; the page is at /."""
+    proc, url = start_server(server_env(settings), tmp_path / "server.log")
+    try:
+        output = (tmp_path / "server.log").read_text()
+        match = re.search(r"EVALUATION SET-UP .*: open (\S+)/ and sign in as (\S+) with the code (\d{6}) ", output)
+        assert match, output
+        assert match.group(1) == url and match.group(2) == "demo@gallery.invalid"
+        with httpx.Client(base_url=url) as client:
+            assert client.get("/").headers["Content-Type"] == "text/html; charset=utf-8"
+            assert client.get("/api/v1/about/").json()["evaluation"] is True
+            r = client.post(AUTH, json={"jid": match.group(2), "code": match.group(3)})
+            assert r.status_code == 201, r.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 async def test_evaluation_restart_prints_a_fresh_code(settings, tmp_path, caplog):
