@@ -604,6 +604,7 @@ function finish(job, result, text) {
   job.item.dataset.state = result;
   job.status.textContent = text;
   job.cancel.hidden = true;
+  appSay(`${job.file.name}: ${text}`, result === "refused" ? "error" : "info"); // announced once, not every percent
   $("#clear-uploads").hidden = false;
 }
 
