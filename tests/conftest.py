@@ -21,8 +21,8 @@ from server import Service
 from services.context import Parts
 from settings import Settings
 from storage.local import LocalStore
-from tests.helpers import login, override, stop_process
 from tests.browser import chromium, page  # noqa: F401 - fixtures: a real headless Chromium
+from tests.helpers import login, override, stop_process
 from tests.prosody import own_prosody, prosody, xmpp_user  # noqa: F401 - fixtures: a real Prosody, test users
 
 

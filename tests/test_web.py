@@ -444,6 +444,9 @@ def page_flow(p: Page, service: Service, jid: str, next_code: Any, call: Any, fi
     wait_tiles(p, {"clip.webm"})
     p.set_value("#f-kind", "image")
     wait_tiles(p, {"photo.jpg", "sunset.jpg", XSS_NAME})
+    assert p.q("#f-kind-file").is_enabled() and p.q("#f-kind-file").get_attribute("hidden") is None  # type= is known
+    p.set_value("#f-kind", "file")  # none of the other kinds
+    wait_tiles(p, {"big.bin", "doc.bin"})
     p.set_value("#f-kind", "")
     p.set_value("#f-to", "2020-01-01")
     p.visible("#empty")
