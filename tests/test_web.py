@@ -25,7 +25,7 @@ from server import Service
 from services import evaluation
 from settings import Settings, SettingsError
 from tests.browser import PHONE, Page, fmt_bytes
-from tests.helpers import WEBM, assert_error, opaque, server_env, start_server, wav
+from tests.helpers import WEBM, assert_error, opaque, server_env, start_server, stop_process, user_doc, wav
 from tests.prosody import AUTH, CODE_REQUEST, TOKENS, configure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,14 +35,9 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>a
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    svc = Service(settings, data_dir=tmp_path / "data")
-    await svc.start()
-    try:
-        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as client:
-            yield svc, client
-    finally:
-        await svc.stop()
+async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=svc.url, timeout=30) as client:
+        yield client
 
 
 def csp(response: httpx.Response) -> dict[str, str]:
@@ -145,13 +140,14 @@ async def test_about(client, service):
     }
 
 
-async def test_web_settings(settings, tmp_path, prosody):
+async def test_web_settings(settings, tmp_path, prosody, make_service):
     logo = tmp_path / "logo.png"
     Image.new("RGB", (40, 20), "red").save(logo)
     settings.web = dataclasses.replace(
         settings.web, title="Team files", logo=str(logo), code_hint="Codes come from files.example.org."
     )
-    async with running(configure(settings, prosody), tmp_path) as (_service, client):
+    configure(settings, prosody)
+    async with http(await make_service()) as client:
         about = (await client.get("/api/v1/about/")).json()
         assert about["title"] == "Team files" and about["logo"] == "/web/logo"
         assert about["code_hint"] == "Codes come from files.example.org."
@@ -202,10 +198,10 @@ def test_evaluation_only_without_xmpp_and_on_loopback():
     assert on(server__host="127.0.0.1", xmpp__component=types.SimpleNamespace(jid=""))
 
 
-async def test_evaluation_code_on_the_console_signs_in(settings, tmp_path, caplog):
+async def test_evaluation_code_on_the_console_signs_in(make_service, caplog):
     caplog.set_level(logging.INFO)
-    settings.auth.code_interval = 0
-    async with running(settings, tmp_path) as (service, client):
+    service = await make_service(auth={"code_interval": 0})
+    async with http(service) as client:
         [code] = console_codes(caplog)
         assert f"open {service.url}/ and sign in as demo@gallery.invalid" in caplog.text
         r = await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": code, "device": "test"})
@@ -240,15 +236,12 @@ def test_a_newcomer_runs_server_py_and_signs_in(settings, tmp_path):
             r = client.post(AUTH, json={"jid": match.group(2), "code": match.group(3)})
             assert r.status_code == 201, r.text
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc)
 
 
-async def test_evaluation_restart_prints_a_fresh_code(settings, tmp_path, caplog):
-    settings.auth.code_interval = 300  # a restart does not wait for it
-    async with running(settings, tmp_path):
-        pass
-    async with running(settings, tmp_path) as (_service, client):
+async def test_evaluation_restart_prints_a_fresh_code(make_service, caplog):
+    await make_service.stop(await make_service(auth={"code_interval": 300}))  # a restart does not wait for it
+    async with http(await make_service()) as client:
         first, second = console_codes(caplog)
         assert_error(await client.post(CODE_REQUEST, json={"jid": "demo@gallery.invalid"}), 429)  # the usual limits
         if first != second:
@@ -256,8 +249,9 @@ async def test_evaluation_restart_prints_a_fresh_code(settings, tmp_path, caplog
         assert (await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": second})).status_code == 201
 
 
-async def test_no_evaluation_when_xmpp_is_configured(settings, tmp_path, prosody, caplog):
-    async with running(configure(settings, prosody), tmp_path) as (_service, client):
+async def test_no_evaluation_when_xmpp_is_configured(settings, prosody, make_service, caplog):
+    configure(settings, prosody)
+    async with http(await make_service()) as client:
         assert console_codes(caplog) == [] and "EVALUATION SET-UP" not in caplog.text
         assert (await client.get("/api/v1/about/")).json()["evaluation"] is False
         for code in ("000000", "123456"):
@@ -265,16 +259,14 @@ async def test_no_evaluation_when_xmpp_is_configured(settings, tmp_path, prosody
             assert "no valid code" in body["error"]
 
 
-async def test_no_evaluation_when_reachable_from_elsewhere(settings, tmp_path, caplog):
-    settings.server.host = "0.0.0.0"
-    async with running(settings, tmp_path) as (service, _client):
-        port = service.settings.server.port
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            assert console_codes(caplog) == [] and "EVALUATION SET-UP" not in caplog.text
-            about = (await client.get("/api/v1/about/")).json()
-            assert about["evaluation"] is False and about["evaluation_jid"] is None
-            assert_error(await client.post(CODE_REQUEST, json={"jid": "demo@gallery.invalid"}), 503)
-            assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": "000000"}), 403)
+async def test_no_evaluation_when_reachable_from_elsewhere(make_service, caplog):
+    service = await make_service(server={"host": "0.0.0.0"})
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.settings.server.port}") as client:
+        assert console_codes(caplog) == [] and "EVALUATION SET-UP" not in caplog.text
+        about = (await client.get("/api/v1/about/")).json()
+        assert about["evaluation"] is False and about["evaluation_jid"] is None
+        assert_error(await client.post(CODE_REQUEST, json={"jid": "demo@gallery.invalid"}), 503)
+        assert_error(await client.post(AUTH, json={"jid": "demo@gallery.invalid", "code": "000000"}), 403)
 
 
 # -- the page in Chromium -----------------------------------------------------------------------
@@ -634,7 +626,7 @@ def unexpected_console(entries: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, page):
+async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, make_service, page):
     alice = await xmpp_user("alice")
     files = {
         "big.bin": opaque(900_000),
@@ -654,85 +646,87 @@ async def test_the_page_in_chromium(settings, prosody, tmp_path, xmpp_user, page
         paths[name] = folder / name
         paths[name].write_bytes(content)
     loop = asyncio.get_running_loop()
-    async with running(configure(settings, prosody), tmp_path) as (service, _client):
+    configure(settings, prosody)
+    service = await make_service()
 
-        def next_code() -> str:
-            return asyncio.run_coroutine_threadsafe(alice.next_code(), loop).result(15)[0]
+    def next_code() -> str:
+        return asyncio.run_coroutine_threadsafe(alice.next_code(), loop).result(15)[0]
 
-        def call(coro: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result(15)
+    def call(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(15)
 
-        await asyncio.to_thread(page_flow, page, service, alice.jid, next_code, call, paths)
-        admin = await xmpp_user("admin")
+    await asyncio.to_thread(page_flow, page, service, alice.jid, next_code, call, paths)
+    admin = await xmpp_user("admin")
 
-        def admin_code() -> str:
-            return asyncio.run_coroutine_threadsafe(admin.next_code(), loop).result(15)[0]
+    def admin_code() -> str:
+        return asyncio.run_coroutine_threadsafe(admin.next_code(), loop).result(15)[0]
 
-        await asyncio.to_thread(admin_flow, page, service, admin.jid, alice.jid, admin_code)
-        noise = unexpected_console(await asyncio.to_thread(page.console))
-        assert noise == [], "\n".join(e["message"] for e in noise)
+    await asyncio.to_thread(admin_flow, page, service, admin.jid, alice.jid, admin_code)
+    noise = unexpected_console(await asyncio.to_thread(page.console))
+    assert noise == [], "\n".join(e["message"] for e in noise)
 
 
 @pytest.mark.slow
-async def test_evaluation_sign_in_in_chromium(settings, tmp_path, caplog, page):
-    async with running(settings, tmp_path) as (service, _client):
-        [code] = console_codes(caplog)
+async def test_evaluation_sign_in_in_chromium(make_service, caplog, page):
+    """The default test service (no XMPP, on 127.0.0.1) is an evaluation set-up."""
+    service = await make_service()
+    [code] = console_codes(caplog)
 
-        def flow() -> None:
-            dark = [{"name": "prefers-color-scheme", "value": "dark"}]
-            page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": dark})
-            page.d.get(service.url + "/")
-            banner = page.visible("#evaluation")
-            assert "evaluation set-up" in banner.text and "demo@gallery.invalid" in banner.text
-            page.fill("#jid", "alice@example.org")  # any other JID: no XMPP to send its code
-            page.click("#send-code")
-            page.wait_text("#login-status", "The service cannot send codes over XMPP right now")
-            page.d.refresh()
-            page.visible("#login")
-            assert page.q("#jid").get_attribute("value") == "demo@gallery.invalid"
-            background = page.js("return getComputedStyle(document.body).backgroundColor")
-            assert background == "rgb(17, 20, 24)", background  # the dark scheme
-            # by keyboard alone: Tab to "I already have a code", Enter, type the code, Enter
-            page.q("#jid").click()
-            active = lambda: page.js("return document.activeElement.id")  # noqa: E731
-            page.d.switch_to.active_element.send_keys(Keys.TAB)
-            assert active() == "send-code"
-            page.d.switch_to.active_element.send_keys(Keys.TAB)
-            assert active() == "have-code"
-            page.d.switch_to.active_element.send_keys(Keys.ENTER)
-            page.until(lambda: active() == "code", "the code field focused")
-            assert "printed on the service's console" in page.text("#code-sent")
-            page.d.switch_to.active_element.send_keys(Keys.TAB)
-            assert active() == "keep"
-            page.d.switch_to.active_element.send_keys(Keys.SPACE)  # keep me signed in: localStorage
-            page.q("#code").send_keys(code + Keys.ENTER)
-            page.wait_text("#who-jid", "demo@gallery.invalid")
-            page.visible("#empty")
-            idle(page)
-            page.screenshot("web-evaluation-dark.png")
-            assert page.js("return sessionStorage.getItem('gallery.session')") is None
-            page.d.refresh()
-            page.wait_text("#who-jid", "demo@gallery.invalid")
-            page.visible("#files")
-            # drag and drop: a file dropped on the zone is uploaded
-            page.js(
-                "const dt = new DataTransfer(); dt.items.add(new File(['dropped text'], 'dropped.txt', {type: 'text/plain'}));"
-                "document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));"
-            )
-            wait_uploads(page, {"dropped.txt": "done"})
-            wait_tiles(page, {"dropped.txt"})
-            page.size(PHONE)
-            page.screenshot("web-evaluation-phone.png")
-            # delete the account: the confirmation names what goes
-            page.click(".tabs button[data-tab='account']")
-            page.wait_text("#account-summary", "1 file and 0 avatars")
-            page.click("#delete-account")
-            confirm(page, "Delete the account demo@gallery.invalid? This removes 1 file and 0 avatars (12 bytes)")
-            page.wait_text("#login-status", "Your account and everything in it are deleted.")
-            assert page.js("return localStorage.getItem('gallery.session')") is None
-            page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    def flow() -> None:
+        dark = [{"name": "prefers-color-scheme", "value": "dark"}]
+        page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": dark})
+        page.d.get(service.url + "/")
+        banner = page.visible("#evaluation")
+        assert "evaluation set-up" in banner.text and "demo@gallery.invalid" in banner.text
+        page.fill("#jid", "alice@example.org")  # any other JID: no XMPP to send its code
+        page.click("#send-code")
+        page.wait_text("#login-status", "The service cannot send codes over XMPP right now")
+        page.d.refresh()
+        page.visible("#login")
+        assert page.q("#jid").get_attribute("value") == "demo@gallery.invalid"
+        background = page.js("return getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(17, 20, 24)", background  # the dark scheme
+        # by keyboard alone: Tab to "I already have a code", Enter, type the code, Enter
+        page.q("#jid").click()
+        active = lambda: page.js("return document.activeElement.id")  # noqa: E731
+        page.d.switch_to.active_element.send_keys(Keys.TAB)
+        assert active() == "send-code"
+        page.d.switch_to.active_element.send_keys(Keys.TAB)
+        assert active() == "have-code"
+        page.d.switch_to.active_element.send_keys(Keys.ENTER)
+        page.until(lambda: active() == "code", "the code field focused")
+        assert "printed on the service's console" in page.text("#code-sent")
+        page.d.switch_to.active_element.send_keys(Keys.TAB)
+        assert active() == "keep"
+        page.d.switch_to.active_element.send_keys(Keys.SPACE)  # keep me signed in: localStorage
+        page.q("#code").send_keys(code + Keys.ENTER)
+        page.wait_text("#who-jid", "demo@gallery.invalid")
+        page.visible("#empty")
+        idle(page)
+        page.screenshot("web-evaluation-dark.png")
+        assert page.js("return sessionStorage.getItem('gallery.session')") is None
+        page.d.refresh()
+        page.wait_text("#who-jid", "demo@gallery.invalid")
+        page.visible("#files")
+        # drag and drop: a file dropped on the zone is uploaded
+        page.js(
+            "const dt = new DataTransfer(); dt.items.add(new File(['dropped text'], 'dropped.txt', {type: 'text/plain'}));"
+            "document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));"
+        )
+        wait_uploads(page, {"dropped.txt": "done"})
+        wait_tiles(page, {"dropped.txt"})
+        page.size(PHONE)
+        page.screenshot("web-evaluation-phone.png")
+        # delete the account: the confirmation names what goes
+        page.click(".tabs button[data-tab='account']")
+        page.wait_text("#account-summary", "1 file and 0 avatars")
+        page.click("#delete-account")
+        confirm(page, "Delete the account demo@gallery.invalid? This removes 1 file and 0 avatars (12 bytes)")
+        page.wait_text("#login-status", "Your account and everything in it are deleted.")
+        assert page.js("return localStorage.getItem('gallery.session')") is None
+        page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
-        await asyncio.to_thread(flow)
-        assert await service.parts.db.users.find_one({"_id": "demo@gallery.invalid"}) is None
-        noise = unexpected_console(await asyncio.to_thread(page.console))
-        assert noise == [], "\n".join(e["message"] for e in noise)
+    await asyncio.to_thread(flow)
+    assert await user_doc(service, "demo@gallery.invalid") is None
+    noise = unexpected_console(await asyncio.to_thread(page.console))
+    assert noise == [], "\n".join(e["message"] for e in noise)
