@@ -31,6 +31,7 @@ from services.fsck import fsck
 from settings import HERE, Settings, SettingsError
 from storage.local import LocalStore
 from xmpp.client import XmppClient
+from xmpp.component import UploadComponent
 
 log = logging.getLogger("gallery")
 
@@ -87,12 +88,17 @@ class Service:
         s.server.port = sockets[0].getsockname()[1]
         # the imaging pool starts its worker processes on the first job
         xmpp = XmppClient(s.xmpp) if s.xmpp.jid else None
+        component = UploadComponent(s.xmpp.component, s.limits.max_file_size) if s.xmpp.component.jid else None
         self.parts.xmpp = xmpp
+        self.parts.component = component
         self.ctx = Context.build(self.parts)
         if xmpp is not None:
             await xmpp.start()  # waits briefly for the session; without one, code requests answer 503
         elif evaluation.enabled(s):
             await evaluation.start(self.ctx.accounts)  # a first look: a login code on the console
+        if component is not None:
+            await component.start()  # likewise; until it is connected, no client can ask for a slot
+            self.ctx.slots.start()  # ends expired slots and hands their reservations back
         self.http = HTTPServer(
             GalleryApp(self.ctx),
             max_body_size=API_BODY_LIMIT,
@@ -115,6 +121,10 @@ class Service:
                 if left:
                     log.warning("shutdown grace over: cutting off %d uploads in flight", left)
             await self.http.close_all_connections()
+        if self.parts is not None and self.parts.component is not None:
+            await self.parts.component.stop()
+        if self.ctx is not None:
+            await self.ctx.slots.stop()
         if self.parts is not None and self.parts.xmpp is not None:
             await self.parts.xmpp.stop()
         if self.parts is not None:

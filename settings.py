@@ -54,6 +54,24 @@ class StorageSettings:
 
 
 @dataclass
+class ComponentSettings:
+    """The XEP-0114 external component that answers XEP-0363 slot requests (empty jid: off)."""
+
+    jid: str = ""  # e.g. upload.example.org
+    secret: str = ""
+    host: str = "127.0.0.1"
+    port: int = 5347
+    domains: list[str] = field(default_factory=list)  # whose users may upload; empty: the parent domain
+    permanent: bool = False  # also offer the XEP-0363 `permanent` purpose
+
+    def allowed_domains(self) -> list[str]:
+        """`domains`, or the component's parent domain (upload.example.org -> example.org)."""
+        if self.domains:
+            return self.domains
+        return [self.jid.split(".", 1)[1]] if "." in self.jid else []
+
+
+@dataclass
 class XmppSettings:
     jid: str = ""
     password: str = ""
@@ -61,6 +79,7 @@ class XmppSettings:
     port: int = 0
     require_tls: bool = True
     verify_tls: bool = True
+    component: ComponentSettings = field(default_factory=ComponentSettings)
 
 
 @dataclass
@@ -87,6 +106,7 @@ class LimitsSettings:
     upload_window: int = 10
     concurrent_uploads_per_user: int = 4
     concurrent_uploads: int = 64
+    slot_ttl: int = 300  # seconds an XEP-0363 upload slot stays valid
 
 
 @dataclass
@@ -230,6 +250,7 @@ def _validate(s: Settings) -> None:
         ("limits.upload_window", s.limits.upload_window),
         ("limits.concurrent_uploads_per_user", s.limits.concurrent_uploads_per_user),
         ("limits.concurrent_uploads", s.limits.concurrent_uploads),
+        ("limits.slot_ttl", s.limits.slot_ttl),
         ("imaging.max_pixels", s.imaging.max_pixels),
         ("imaging.timeout", s.imaging.timeout),
     ):
@@ -240,6 +261,7 @@ def _validate(s: Settings) -> None:
         ("quota.default", s.quota.default),
         ("imaging.workers", s.imaging.workers),
         ("xmpp.port", s.xmpp.port),
+        ("xmpp.component.port", s.xmpp.component.port),
     ):
         _positive(key, value, 0)
     if s.mongodb.uri and not s.mongodb.uri.startswith(("mongodb://", "mongodb+srv://")):
@@ -254,6 +276,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError("mongodb.embedded_path: must not be empty")
     if bool(s.xmpp.jid) != bool(s.xmpp.password):
         raise SettingsError("xmpp.password: xmpp.jid and xmpp.password go together")
+    if s.xmpp.component.jid and not s.xmpp.component.secret:
+        raise SettingsError("xmpp.component.secret: required when xmpp.component.jid is set")
+    if not s.xmpp.component.port <= 65535:
+        raise SettingsError(f"xmpp.component.port: must be between 0 and 65535, got {s.xmpp.component.port}")
     _validate_web(s)
     _validate_jids(s)
 
@@ -279,10 +305,19 @@ def _validate_jids(s: Settings) -> None:
             jids.parse(s.xmpp.jid)
     except jids.BadJid as exc:
         raise SettingsError(f"xmpp.jid: {exc}") from None
+    component = s.xmpp.component
+    if component.jid:
+        try:
+            component.jid = jids.domain(component.jid)
+        except jids.BadJid as exc:
+            raise SettingsError(f"xmpp.component.jid: {exc} (a domain such as upload.example.org)") from None
+        if not component.allowed_domains():
+            raise SettingsError("xmpp.component.domains: required when xmpp.component.jid has no parent domain")
     for key, values, normalise in (
         ("admins", s.admins, jids.bare),
         ("auth.allow_domains", s.auth.allow_domains, jids.domain),
         ("auth.deny", s.auth.deny, jids.entry),
+        ("xmpp.component.domains", s.xmpp.component.domains, jids.domain),
     ):
         for i, value in enumerate(values):
             try:

@@ -6,7 +6,7 @@ from typing import Any
 
 from tornado.web import Application
 
-from handlers import account, avatars, files, health, media, web
+from handlers import account, avatars, files, health, media, upload, web
 from handlers.base import NotFoundHandler, log_request
 
 
@@ -33,6 +33,7 @@ ROUTES: list[tuple[str, Any]] = [
     (r"/healthz/?", health.HealthHandler),
     (r"/metrics", health.MetricsHandler),
     (r"/media/([^/]+)/([^/]+)", media.MediaHandler),
+    (r"/upload/([^/]+)/([^/]+)", upload.SlotUploadHandler),
     # the users' web page (handlers/web.py)
     (api("about"), web.AboutHandler),
     (r"/", web.IndexHandler),

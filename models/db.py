@@ -30,9 +30,15 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("sha1", ASCENDING)]),
         IndexModel([("sha256", ASCENDING)]),
+        IndexModel([("owner", ASCENDING), ("expires_at", ASCENDING)]),  # when a full quota frees up
     ],
     "blobs": [IndexModel([("refs", ASCENDING)])],
     "ratelimits": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
+    "slots": [
+        IndexModel([("state", ASCENDING), ("expires", ASCENDING)]),
+        IndexModel([("owner", ASCENDING), ("state", ASCENDING)]),
+        IndexModel([("purge_at", ASCENDING)], expireAfterSeconds=0),
+    ],
 }
 
 
@@ -49,6 +55,7 @@ class Database:
         self.files: AsyncCollection = self.db.files
         self.blobs: AsyncCollection = self.db.blobs
         self.ratelimits: AsyncCollection = self.db.ratelimits
+        self.slots: AsyncCollection = self.db.slots
 
     async def ensure_indexes(self) -> None:
         for name, indexes in INDEXES.items():

@@ -136,6 +136,13 @@ class Files:
     async def by_slot(self, slot_id: str) -> dict | None:
         return await self.c.find_one({"slot_id": slot_id})
 
+    async def expiring(self, owner: str, now: dt.datetime) -> list[tuple[dt.datetime, int]]:
+        """(expires_at, size) of the owner's files that will expire, soonest first (files that
+        never expire hold null there, which `$gt` never matches)."""
+        cursor = self.c.find({"owner": owner, "expires_at": {"$gt": now}}, {"expires_at": 1, "size": 1})
+        docs = await cursor.sort("expires_at", ASCENDING).to_list()
+        return [(doc["expires_at"], doc["size"]) for doc in docs]
+
     async def with_content(self, owner: str, size: int, digest: str) -> dict | None:
         """One of `owner`'s files with this content (md5, sha1 or sha256 hex), if any (for slot
         dedup). The query names exactly the (owner, digest) index and the size is compared here:

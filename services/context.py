@@ -13,6 +13,7 @@ from models.db import Database
 from models.files import Files
 from models.ratelimits import RateLimits
 from models.sequences import IdSequence
+from models.slots import Slots
 from models.tokens import Tokens
 from models.users import Users
 from services.accounts import AccountManager
@@ -20,9 +21,11 @@ from services.avatars import AvatarManager
 from services.files import FileManager
 from services.health import HealthManager
 from services.metrics import Metrics
+from services.slots import SlotManager
 from settings import Settings
 from storage import ContentStore
 from xmpp.client import XmppClient
+from xmpp.component import UploadComponent
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Parts:
     store: ContentStore
     imaging: Imaging = field(default_factory=NoImaging)
     xmpp: XmppClient | None = None  # the XMPP client, when one is configured (server.py starts it)
+    component: UploadComponent | None = None  # the XEP-0363 component, when configured (likewise)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -42,9 +46,18 @@ class Parts:
         self.codes = Codes(self.db.codes, s.auth.code_ttl, s.auth.code_interval)
         self.ratelimits = RateLimits(self.db.ratelimits)
         self.file_ids = IdSequence(self.db.db["sequences"], "files")
+        self.slots = Slots(self.db.slots)
 
     def xmpp_state(self) -> str:
         return "disabled" if self.xmpp is None else self.xmpp.state
+
+    def component_state(self) -> str:
+        return "disabled" if self.component is None else self.component.state
+
+    @property
+    def code_sender(self) -> XmppClient | None:
+        """Who sends login codes: the client account, else the component."""
+        return self.xmpp if self.xmpp is not None else self.component
 
 
 @dataclass
@@ -57,16 +70,21 @@ class Context:
     accounts: AccountManager
     health: HealthManager
     metrics: Metrics
+    slots: SlotManager
 
     @classmethod
     def build(cls, p: Parts) -> Context:
         s = p.settings
         files = FileManager(p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url)
+        slots = SlotManager(s, p.slots, p.users, files)
+        if p.component is not None:
+            p.component.serve(slots)
         return cls(
             settings=s,
             files=files,
             avatars=AvatarManager(files, p.imaging, p.store),
-            accounts=AccountManager(s, p.users, p.tokens, p.codes, p.ratelimits, p.files, files, p.xmpp),
-            health=HealthManager(p.db, p.store, p.xmpp_state),
+            accounts=AccountManager(s, p.users, p.tokens, p.codes, p.ratelimits, p.files, files, p.code_sender),
+            health=HealthManager(p.db, p.store, p.xmpp_state, p.component_state),
             metrics=Metrics(p.xmpp_state),
+            slots=slots,
         )

@@ -43,6 +43,8 @@ class UploadMeta:
     metadata: dict | None = None
     create_thumbnails: bool = True
     is_avatar: bool = False
+    slot_id: str | None = None  # the link's id when the route chose it (an XEP-0363 slot's)
+    expires_before: dt.datetime | None = None  # the uploader's deadline (XEP-0363 ephemeral)
 
 
 @dataclass
@@ -136,9 +138,12 @@ class FileManager:
         if size is not None and size > self.limits.max_file_size:
             raise TooLarge(self.limits.max_file_size)
 
-    async def admit(self, owner: str, *, length: int | None = None, declared: int | None = None, slack: int = 0) -> Admission:
+    async def admit(
+        self, owner: str, *, length: int | None = None, declared: int | None = None, slack: int = 0, count: bool = True
+    ) -> Admission:
         """May `owner` start an upload now? `length`: the request body's size when known
-        (`slack` of it is framing), `declared`: the file's size when the client said it. Refuses
+        (`slack` of it is framing), `declared`: the file's size when the client said it; `count`:
+        False when the upload was counted against the rate limit already (an XEP-0363 slot). Refuses
         with 413 (too large), 403 (quota), 429 (rate limit, or too many of theirs at once) or
         503 (too many uploads at once)."""
         self.gate.enter(owner)
@@ -148,13 +153,18 @@ class FileManager:
             quota = await self._users.quota(owner)
             if (length is not None and length - slack > quota.available) or (declared or 0) > quota.available:
                 raise QuotaExceeded()
-            wait = await self._ratelimits.hit(f"upload:{owner}", self.limits.uploads_per_window, self.limits.upload_window)
-            if wait is not None:
-                raise RateLimited("too many uploads", wait)
+            if count:
+                wait = await self._ratelimits.hit(f"upload:{owner}", self.limits.uploads_per_window, self.limits.upload_window)
+                if wait is not None:
+                    raise RateLimited("too many uploads", wait)
         except BaseException:
             self.gate.leave(owner)
             raise
         return Admission(owner, min(self.limits.max_file_size, quota.available), quota, self.gate)
+
+    async def expiring(self, owner: str) -> list[tuple[dt.datetime, int]]:
+        """(when, bytes) the owner's expiring files will give back, soonest first."""
+        return await self._files.expiring(owner, utcnow())
 
     def overflow(self, received: int) -> TooLarge | QuotaExceeded:
         """What to answer when an upload's bytes pass its admission's limit."""
@@ -285,7 +295,7 @@ class FileManager:
         doc = {
             "_id": await self._ids.next(),
             "owner": owner,
-            "slot_id": secrets.token_urlsafe(18),
+            "slot_id": meta.slot_id or secrets.token_urlsafe(18),
             "name": clean_name(name),
             "sha256": digests.sha256,
             "md5": digests.md5,

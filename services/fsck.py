@@ -32,6 +32,7 @@ class Report:
     blob_files_removed: int = 0
     thumb_dirs_removed: int = 0
     used_fixed: int = 0
+    slots_ended: int = 0
     ids_given: int = 0
     sha1_added: int = 0  # contents whose files had no sha1 (stored before it was computed)
     counts_fixed: int = 0
@@ -102,8 +103,11 @@ async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
             report.sha1_added += 1
 
     totals = await files.totals_by_owner()
+    # XEP-0363 slots still issued hold their size in `used`; those whose time is up end here
+    report.slots_ended = await parts.slots.end_expired(utcnow())
+    reserved = await parts.slots.reserved_by_owner()
     for jid in await users.all_ids():
-        if await users.set_used(jid, totals.get(jid, 0)):
+        if await users.set_used(jid, totals.get(jid, 0) + reserved.get(jid, 0)):
             report.used_fixed += 1
     report.counts_fixed = await files.recount()
     return report

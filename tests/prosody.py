@@ -35,6 +35,10 @@ SERVICE = ("gallery", "gallery-pw")
 # alice and bob receive codes in tests; carol is never online (codes sent to her stay offline)
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "admin": "admin-pw"}
 ADMIN = "admin@localhost"
+# the XEP-0363 component on the same server, and a second host whose users it must refuse
+COMPONENT_SECRET = "component-secret"
+OTHER_DOMAIN = "other.test"
+OTHER_USERS = {"dave": "dave-pw"}
 
 CODE_REQUEST = "/api/v1/account/xmpp_code_request/"
 AUTH = "/api/v1/account/xmpp_auth/"
@@ -54,6 +58,8 @@ interfaces = {{ "127.0.0.1" }}
 local_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
 s2s_ports = {{ }}
+component_ports = {{ {component_port} }}
+component_interfaces = {{ "127.0.0.1" }}
 plugin_paths = {{ "{plugins}" }}
 modules_enabled = {{ "roster", "saslauth", "disco", "ping", "gallery_discovery" }}
 gallery_url = "{gallery_url}"
@@ -64,6 +70,12 @@ c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 
 VirtualHost "{domain}"
+
+VirtualHost "{other_domain}"
+
+Component "upload.{domain}"
+    component_secret = "{component_secret}"
+    name = "Gallery"
 """
 
 
@@ -79,6 +91,7 @@ class Prosody:
 
     dir: Path
     port: int = field(default_factory=free_port)
+    component_port: int = field(default_factory=free_port)
     domain: str = DOMAIN
     host: str = "127.0.0.1"
     gallery_url: str = GALLERY_URL
@@ -96,15 +109,30 @@ class Prosody:
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         (self.dir / "certs").mkdir(exist_ok=True)
         self.config.write_text(
-            CONFIG.format(dir=self.dir, port=self.port, domain=self.domain, plugins=PLUGINS, gallery_url=self.gallery_url)
+            CONFIG.format(
+                dir=self.dir,
+                port=self.port,
+                domain=self.domain,
+                plugins=PLUGINS,
+                gallery_url=self.gallery_url,
+                component_port=self.component_port,
+                component_secret=COMPONENT_SECRET,
+                other_domain=OTHER_DOMAIN,
+            )
         )
         self.register(*SERVICE)
         for user, password in USERS.items():
             self.register(user, password)
+        for user, password in OTHER_USERS.items():
+            self.register(user, password, OTHER_DOMAIN)
 
-    def register(self, user: str, password: str) -> None:
+    @property
+    def component_jid(self) -> str:
+        return f"upload.{self.domain}"
+
+    def register(self, user: str, password: str, domain: str | None = None) -> None:
         subprocess.run(
-            ["prosodyctl", "--config", str(self.config), "register", user, self.domain, password],
+            ["prosodyctl", "--config", str(self.config), "register", user, domain or self.domain, password],
             check=True,
             capture_output=True,
             timeout=30,
@@ -186,9 +214,10 @@ class XmppUser:
     """A test user connected with slixmpp: collects the messages and confirm IQs it receives."""
 
     def __init__(self, server: Prosody, user: str) -> None:
-        self.jid = server.jid(user)
+        self.jid = server.jid(user) if user in USERS else f"{user}@{OTHER_DOMAIN}"
         self.server = server
-        self.client = ClientXMPP(self.jid, USERS[user], plugin_config={"feature_mechanisms": {"unencrypted_plain": True}})
+        password = USERS.get(user) or OTHER_USERS[user]
+        self.client = ClientXMPP(self.jid, password, plugin_config={"feature_mechanisms": {"unencrypted_plain": True}})
         self.client.enable_direct_tls = False
         self.client.enable_starttls = False
         self.client.enable_plaintext = True
@@ -274,6 +303,17 @@ def configure(settings: Settings, server: Prosody, overrides: dict[str, Any] | N
     )
     settings.auth.code_interval = 0
     settings.admins = [ADMIN]
+    for key, value in (overrides or {}).items():
+        section, name = key.split(".")
+        setattr(getattr(settings, section), name, value)
+    return settings
+
+
+def configure_component(settings: Settings, server: Prosody, overrides: dict[str, Any] | None = None) -> Settings:
+    """Attach the service's XEP-0363 component to `server` (upload.localhost), then `overrides`."""
+    settings.xmpp.component = dataclasses.replace(
+        settings.xmpp.component, jid=server.component_jid, secret=COMPONENT_SECRET, host=server.host, port=server.component_port
+    )
     for key, value in (overrides or {}).items():
         section, name = key.split(".")
         setattr(getattr(settings, section), name, value)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def test_healthz(client):
     r = await client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "db": "ok", "xmpp": "disabled", "storage": "ok"}
+    assert r.json() == {"status": "ok", "db": "ok", "xmpp": "disabled", "component": "disabled", "storage": "ok"}
 
 
 async def test_healthz_names_failing_storage(client, service):
@@ -34,7 +34,13 @@ async def test_healthz_names_failing_storage(client, service):
     tmp.write_text("not a directory")  # writes into tmp/ now fail, even for root
     r = await client.get("/healthz")
     assert r.status_code == 503
-    assert r.json() == {"status": "unavailable", "db": "ok", "xmpp": "disabled", "storage": "unavailable"}
+    assert r.json() == {
+        "status": "unavailable",
+        "db": "ok",
+        "xmpp": "disabled",
+        "component": "disabled",
+        "storage": "unavailable",
+    }
     tmp.unlink()
     tmp.with_name("moved").rename(tmp)
     assert (await client.get("/healthz")).status_code == 200

@@ -46,7 +46,7 @@ async def test_healthz_shows_the_xmpp_session(settings, prosody, make_service):
     async with running(make_service) as (service, client):
         r = await health(client)
         assert r.status_code == 200
-        assert r.json() == {"status": "ok", "db": "ok", "xmpp": "connected", "storage": "ok"}
+        assert r.json() == {"status": "ok", "db": "ok", "xmpp": "connected", "component": "disabled", "storage": "ok"}
     assert service.parts.xmpp.state == "stopped"
 
 

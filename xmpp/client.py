@@ -277,6 +277,11 @@ class XmppClient:
                     await asyncio.wait_for(asyncio.shield(lost), 5)
                 return
 
+    def _ping_target(self) -> JID:
+        """Whom the keep-alive and delivery pings go to: our own server."""
+        assert self._client is not None
+        return JID(self._client.boundjid.domain)
+
     async def _server_answers(self, lost: asyncio.Future[None]) -> bool:
         """A ping to our own server: True once it answers (an error answer counts); False when the
         session ends, or the server stays silent for `send_timeout` seconds after the ping left.
@@ -289,7 +294,7 @@ class XmppClient:
         client = self._client
         assert client is not None
         loop = asyncio.get_running_loop()
-        iq = client.make_iq_get(ito=JID(client.boundjid.domain))
+        iq = client.make_iq_get(ito=self._ping_target())
         iq.enable("ping")
         key = iq["id"]
         self._sent_at[key] = None
