@@ -509,7 +509,7 @@ async def test_fsck_keeps_live_reservations_and_ends_expired_slots(gallery, xmpp
     # a crash between a reservation and its slot document: 7 bytes reserved for nothing
     await ctx.db.users.update_one({"_id": alice.jid}, {"$inc": {"used": 7}})
     assert (await ctx.users.quota(alice.jid)).used == 147
-    report = await fsck(ctx.files, ctx.blobs, ctx.users, ctx.store, slots=ctx.slots)
+    report = await fsck(ctx)
     assert report.slots_ended == 1 and report.used_fixed == 1
     assert (await ctx.users.quota(alice.jid)).used == 100  # the live slot still holds its size
     assert (await ctx.db.slots.find_one({"name": "stale.bin"}))["state"] == "expired"
