@@ -26,7 +26,7 @@ from slixmpp.exceptions import IqError
 from server import Service
 from services.fsck import fsck
 from settings import Settings
-from tests.helpers import GIF, assert_error, login, opaque, staging, upload, user_doc
+from tests.helpers import GIF, assert_error, login, opaque, staging, upload, user_doc, wait_until
 from tests.prosody import OTHER_DOMAIN, Prosody, XmppUser, configure_component
 
 UPLOAD_NS = "urn:xmpp:http:upload:0"
@@ -40,7 +40,8 @@ async def start(settings: Settings, prosody: Prosody, tmp_path: Path, **override
     service = Service(settings, data_dir=tmp_path / "data")
     await service.start()
     assert service.parts is not None and service.parts.component is not None
-    await service.parts.component.wait_connected(10)
+    component = service.parts.component
+    await wait_until(lambda: component.state == "connected", 10, "the component's session")
     return service
 
 
@@ -580,7 +581,7 @@ async def test_the_component_reconnects_and_healthz_follows(settings, own_prosod
                 await asyncio.sleep(0.05)
             assert r.status_code == 503 and r.json()["component"] in ("connecting", "disconnected")
             own_prosody.start()
-            await component.wait_connected(15)
+            await wait_until(lambda: component.state == "connected", 15, "the component's reconnect")
             assert (await http.get("/healthz")).status_code == 200
             assert component.sessions == 2
         alice = XmppUser(own_prosody, "alice")

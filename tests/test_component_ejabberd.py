@@ -12,7 +12,7 @@ from slixmpp import JID
 from server import Service
 from settings import Settings
 from tests.ejabberd import Ejabberd, ejabberd  # noqa: F401 - the fixture
-from tests.helpers import GIF
+from tests.helpers import GIF, wait_until
 from tests.prosody import XmppUser, configure_component
 from tests.test_component import UPLOAD_NS, _bytes, _listing, refused
 
@@ -23,7 +23,8 @@ async def gallery(settings: Settings, ejabberd: Ejabberd, tmp_path: Path) -> Asy
     service = Service(settings, data_dir=tmp_path / "data")
     await service.start()
     assert service.parts is not None and service.parts.component is not None
-    await service.parts.component.wait_connected(10)
+    component = service.parts.component
+    await wait_until(lambda: component.state == "connected", 10, "the component's session")
     yield service
     await service.stop()
 
