@@ -77,7 +77,7 @@ class Admission:
     owner: str
     limit: int
     quota: Quota
-    gate: UploadGate
+    gate: UploadGate | None  # None: no place held in the gate (an XEP-0363 slot being promised)
 
     def __post_init__(self) -> None:
         self._open = True
@@ -85,7 +85,8 @@ class Admission:
     def close(self) -> None:
         if self._open:
             self._open = False
-            self.gate.leave(self.owner)
+            if self.gate is not None:
+                self.gate.leave(self.owner)
 
 
 def context_of(meta: UploadMeta) -> str | None:
@@ -139,14 +140,24 @@ class FileManager:
             raise TooLarge(self.limits.max_file_size)
 
     async def admit(
-        self, owner: str, *, length: int | None = None, declared: int | None = None, slack: int = 0, count: bool = True
+        self,
+        owner: str,
+        *,
+        length: int | None = None,
+        declared: int | None = None,
+        slack: int = 0,
+        count: bool = True,
+        hold: bool = True,
     ) -> Admission:
         """May `owner` start an upload now? `length`: the request body's size when known
         (`slack` of it is framing), `declared`: the file's size when the client said it; `count`:
-        False when the upload was counted against the rate limit already (an XEP-0363 slot). Refuses
-        with 413 (too large), 403 (quota), 429 (rate limit, or too many of theirs at once) or
-        503 (too many uploads at once)."""
-        self.gate.enter(owner)
+        False when the upload was counted against the rate limit already (an XEP-0363 slot's PUT);
+        `hold`: False when no bytes come now, so no place in the concurrent-upload gate is taken
+        (an XEP-0363 slot request). Refuses with 413 (too large), 403 (quota), 429 (rate limit, or
+        too many of theirs at once) or 503 (too many uploads at once)."""
+        gate = self.gate if hold else None
+        if gate is not None:
+            gate.enter(owner)
         try:
             self.check_size(declared)
             self.check_size(None if length is None else length - slack)
@@ -158,9 +169,10 @@ class FileManager:
                 if wait is not None:
                     raise RateLimited("too many uploads", wait)
         except BaseException:
-            self.gate.leave(owner)
+            if gate is not None:
+                gate.leave(owner)
             raise
-        return Admission(owner, min(self.limits.max_file_size, quota.available), quota, self.gate)
+        return Admission(owner, min(self.limits.max_file_size, quota.available), quota, gate)
 
     async def expiring(self, owner: str) -> list[tuple[dt.datetime, int]]:
         """(when, bytes) the owner's expiring files will give back, soonest first."""

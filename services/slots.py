@@ -181,7 +181,8 @@ class SlotManager:
         """The file manager's upload admission (size, quota, rate limit), as XEP-0363 errors."""
         for attempt in range(2):
             try:
-                admission = await self.files.admit(owner, declared=size)
+                # no bytes come with a slot request: it takes no place among uploads in flight
+                admission = await self.files.admit(owner, declared=size, hold=False)
             except TooLarge:
                 limit = self.settings.limits.max_file_size
                 raise SlotRefused(

@@ -666,3 +666,23 @@ async def test_undecodable_paths_are_a_400(gallery, http, caplog):
         r = await http.request(method, "/upload/%ff%fe/a.bin", content=b"x")
         assert_error(r, 400)
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_many_slots_at_once_are_not_uploads_in_flight(gallery, xmpp_user, prosody):
+    """Conversations asks for a slot per file when several are shared at once: more slot requests
+    at once than limits.concurrent_uploads_per_user are all granted (the gate counts PUTs)."""
+    gallery.ctx.files.gate.per_user = 2
+    alice = await uploader(xmpp_user)
+    slots = await asyncio.gather(*(request_slot(alice, prosody.component_jid, f"{i}.bin", 10) for i in range(8)))
+    assert len({put for put, _, _ in slots}) == 8
+    async with httpx.AsyncClient(timeout=30) as c:
+        answers = await asyncio.gather(*(c.put(put, content=b"0123456789", headers=dict(h)) for put, h, _ in slots))
+        # PUTs are uploads in flight: past the gate a 429, and the slot stays usable (and reserved)
+        refused = [slot for slot, r in zip(slots, answers, strict=True) if r.status_code == 429]
+        assert refused and all(r.status_code in (201, 429) for r in answers)
+        assert all(r.headers.get("Retry-After") for r in answers if r.status_code == 429)
+        for put, headers, get in refused:
+            assert (await c.put(put, content=b"0123456789", headers=dict(headers))).status_code == 201
+            assert (await c.get(get)).content == b"0123456789"
+    assert len(await _listing(gallery, alice.jid)) == 8
+    assert (await gallery.parts.users.quota(alice.jid)).used == 80
