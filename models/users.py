@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -34,6 +35,15 @@ class Users:
             await self.c.insert_one({"_id": jid, "quota": None, "used": 0, "created_at": now, "last_login": now})
         except DuplicateKeyError:
             await self.c.update_one({"_id": jid}, {"$set": {"last_login": now}})
+
+    async def create(self, jid: str) -> None:
+        """A user record without a login, if there is none (a first upload over XMPP)."""
+        with contextlib.suppress(DuplicateKeyError):  # a concurrent first request created it
+            await self.c.update_one(
+                {"_id": jid},
+                {"$setOnInsert": {"quota": None, "used": 0, "created_at": utcnow(), "last_login": None}},
+                upsert=True,
+            )
 
     async def quota(self, jid: str) -> Quota:
         doc = await self.c.find_one({"_id": jid}, {"quota": 1, "used": 1})

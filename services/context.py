@@ -20,6 +20,7 @@ from services.avatars import AvatarManager
 from services.files import FileManager
 from services.health import HealthManager
 from services.metrics import Metrics
+from services.prosody_share import ProsodyShare
 from settings import Settings
 from storage import ContentStore
 from xmpp.client import XmppClient
@@ -57,11 +58,14 @@ class Context:
     accounts: AccountManager
     health: HealthManager
     metrics: Metrics
+    prosody_share: ProsodyShare
 
     @classmethod
     def build(cls, p: Parts) -> Context:
         s = p.settings
-        files = FileManager(p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url)
+        files = FileManager(
+            p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url, retention=s.retention
+        )
         return cls(
             settings=s,
             files=files,
@@ -69,4 +73,5 @@ class Context:
             accounts=AccountManager(s, p.users, p.tokens, p.codes, p.ratelimits, p.files, files, p.xmpp),
             health=HealthManager(p.db, p.store, p.xmpp_state),
             metrics=Metrics(p.xmpp_state),
+            prosody_share=ProsodyShare(s.prosody_share.secret, p.files, p.users, files),
         )
