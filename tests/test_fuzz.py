@@ -104,7 +104,9 @@ async def test_schemathesis_finds_no_server_errors_or_schema_violations(make_ser
     Path(os.environ.get("GALLERY_FUZZ_LOG", "/dev/null")).write_text(text)
     assert process.returncode == 0, text[-20000:]
     spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
-    total = sum(1 for item in spec["paths"].values() for method in item if method in ("get", "post", "put", "delete", "head"))
+    methods = ("get", "post", "put", "delete", "head", "options", "patch")
+    # every operation but the document schemathesis reads itself (GET /api/v1/openapi.yaml)
+    total = sum(1 for item in spec["paths"].values() for method in item if method in methods) - 1
     assert f"Operations:       {total - 2} selected / {total} total" in text, text[:2000]  # the two left out above
     assert "Authentication failed" not in text, text[-5000:]
     assert "Traceback" not in report.read_text(errors="replace"), "a response leaked a traceback"
