@@ -131,7 +131,7 @@ async def test_an_expired_file_404s_at_once_and_the_sweeper_removes_it(short_liv
         assert await _used(service, jid) == 0
         stats = (await client.get("/api/v1/files/stats/", headers=headers)).json()
         assert stats["total"] == {"count": 0, "used": 0}
-        assert await service.parts.blobs.get(sha256(data)) is None
+        assert await service.parts.db.blobs.find_one({"_id": sha256(data)}) is None
         assert not await stored(service, sha256(data))
         assert service.expiry.removed == 1
         metrics = (await client.get("/metrics")).text
@@ -157,7 +157,7 @@ async def test_content_another_file_still_uses_stays(short_lived, settings):
         assert (await client.get(kept["thumbnail"]["url"])).status_code == 200
         assert_error(await client.get(brief["thumbnail"]["url"]), 404)
         assert await _used(service, jid) == len(data)
-        assert (await service.parts.blobs.get(sha256(data)))["refs"] == 1
+        assert (await service.parts.db.blobs.find_one({"_id": sha256(data)}))["refs"] == 1
 
 
 async def test_two_sweepers_at_once_remove_each_file_once(short_lived, settings):
@@ -189,7 +189,7 @@ async def test_two_sweepers_at_once_remove_each_file_once(short_lived, settings)
     assert sum(removed) == count + 3
     assert await _used(service, jid) == 0
     assert await service.parts.files.counts(jid) == await service.parts.files.counts("nobody@example.org")
-    assert await service.parts.blobs.get(sha256(shared)) is None
+    assert await service.parts.db.blobs.find_one({"_id": sha256(shared)}) is None
     assert not await stored(service, sha256(shared))
     assert await service.parts.store.contents() == set()
 

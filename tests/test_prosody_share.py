@@ -25,7 +25,7 @@ from slixmpp import JID
 
 from handlers import prosody_share
 from server import Service
-from tests.helpers import GIF, ROOT, assert_error, login, opaque, sha256, stored, upload, wait_until
+from tests.helpers import GIF, ROOT, assert_error, login, opaque, sha256, stored, upload, user_doc, wait_until
 from tests.prosody import Prosody, XmppUser, free_port
 from tests.test_ops import _methods, _route_to_openapi
 
@@ -252,7 +252,7 @@ async def test_the_uploaders_quota_applies(gallery, http, alice):
 async def test_a_first_upload_creates_the_user(gallery, http, alice):
     """Prosody's users need not have logged in to gallery: the upload creates their record."""
     put, auth, _ = await slot(alice, "first.bin", 10)
-    assert await gallery.parts.users.get("alice@localhost") is None
+    assert await user_doc(gallery, "alice@localhost") is None
     assert (await http.put(put, content=opaque(10), headers={"Authorization": auth})).status_code == 201
     assert (await gallery.parts.users.quota("alice@localhost")).used == 10
 
@@ -275,7 +275,7 @@ async def test_prosodys_expires_is_honoured_and_the_sweeper_removes_the_file(gal
         return (await gallery.parts.users.quota("alice@localhost")).used == 0
 
     await wait_until(released, within=5, message="the sweeper to give the quota back")
-    assert await gallery.parts.blobs.get(sha256(data)) is None
+    assert await gallery.parts.db.blobs.find_one({"_id": sha256(data)}) is None
     assert not await stored(gallery, sha256(data))
 
 
