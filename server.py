@@ -27,6 +27,7 @@ from models.db import Database
 from models.embedded import EmbeddedMongo
 from services import evaluation
 from services.context import Context, Parts
+from services.expiry import ExpirySweeper
 from services.fsck import fsck
 from settings import HERE, Settings, SettingsError
 from storage.local import LocalStore
@@ -56,6 +57,7 @@ class Service:
         self.http: HTTPServer | None = None
         self.parts: Parts | None = None
         self.ctx: Context | None = None
+        self.expiry: ExpirySweeper | None = None
 
     @property
     def url(self) -> str:
@@ -92,6 +94,11 @@ class Service:
         self.parts.xmpp = xmpp
         self.parts.component = component
         self.ctx = Context.build(self.parts)
+        # removes expired files now and every retention.sweep_interval, in every process
+        self.expiry = ExpirySweeper(
+            self.ctx.files, s.retention.sweep_interval, s.retention.sweep_batch, counted=self.ctx.metrics.expired.inc
+        )
+        self.expiry.start()
         if xmpp is not None:
             await xmpp.start()  # waits briefly for the session; without one, code requests answer 503
         elif evaluation.enabled(s):
@@ -121,6 +128,8 @@ class Service:
                 if left:
                     log.warning("shutdown grace over: cutting off %d uploads in flight", left)
             await self.http.close_all_connections()
+        if self.expiry is not None:
+            await self.expiry.stop()
         if self.parts is not None and self.parts.component is not None:
             await self.parts.component.stop()
         if self.ctx is not None:

@@ -110,6 +110,29 @@ class LimitsSettings:
 
 
 @dataclass
+class RetentionSettings:
+    """How long files are kept, in days per upload purpose (the file's `context`); 0 or empty:
+    until deleted. A file expires at the earliest of this and the uploader's own deadline
+    (XEP-0363 `<ephemeral expire-before>`, Prosody's `expires` claim)."""
+
+    message: float = 0.0
+    ephemeral: float = 0.0
+    profile: float = 0.0  # also avatars
+    permanent: float = 0.0
+    default: float = 0.0  # any other context, or none (REST uploads)
+    sweep_interval: float = 30.0  # seconds between two runs of the expiry sweeper
+    sweep_batch: int = 200  # expired files removed per database read
+
+
+@dataclass
+class ProsodyShareSettings:
+    """Prosody's mod_http_file_share in external mode, pointed at gallery (empty secret: off)."""
+
+    secret: str = ""  # = Prosody's http_file_share_secret
+    path: str = "/share"  # URL path prefix that http_file_share_base_url points at
+
+
+@dataclass
 class ImagingSettings:
     workers: int = 0  # 0: one per core
     max_pixels: int = 50_000_000
@@ -134,6 +157,8 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     imaging: ImagingSettings = field(default_factory=ImagingSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    prosody_share: ProsodyShareSettings = field(default_factory=ProsodyShareSettings)
     admins: list[str] = field(default_factory=list)
 
     @property
@@ -166,6 +191,8 @@ def _coerce(key: str, kind: typing.Any, value: typing.Any) -> typing.Any:
             return False
         raise SettingsError(f"{key}: expected true or false, got {value!r}")
     if kind is float:
+        if value is None or str(value).strip() == "":
+            return 0.0
         try:
             return float(str(value).strip())
         except ValueError:
@@ -281,6 +308,7 @@ def _validate(s: Settings) -> None:
     if not s.xmpp.component.port <= 65535:
         raise SettingsError(f"xmpp.component.port: must be between 0 and 65535, got {s.xmpp.component.port}")
     _validate_web(s)
+    _validate_retention(s)
     _validate_jids(s)
 
 
@@ -296,6 +324,21 @@ def _validate_web(s: Settings) -> None:
         raise SettingsError(f"web.logo: no such file {logo!r}")
     if len(s.web.code_hint) > 500:
         raise SettingsError("web.code_hint: at most 500 characters")
+
+
+def _validate_retention(s: Settings) -> None:
+    r = s.retention
+    for name in ("message", "ephemeral", "profile", "permanent", "default"):
+        days = getattr(r, name)
+        if not 0 <= days <= 1_000_000:  # also refuses NaN
+            raise SettingsError(f"retention.{name}: days between 0 (keep until deleted) and 1000000, got {days}")
+    if not 0.05 <= r.sweep_interval <= 86400:
+        raise SettingsError(f"retention.sweep_interval: seconds between 0.05 and 86400, got {r.sweep_interval}")
+    _positive("retention.sweep_batch", r.sweep_batch)
+    share = s.prosody_share
+    if not share.path.startswith("/") or share.path.rstrip("/") in ("", "/api", "/media", "/upload", "/web") or "?" in share.path:
+        raise SettingsError(f"prosody_share.path: a URL path of its own such as /share, got {share.path!r}")
+    share.path = share.path.rstrip("/")
 
 
 def _validate_jids(s: Settings) -> None:

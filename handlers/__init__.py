@@ -6,7 +6,7 @@ from typing import Any
 
 from tornado.web import Application
 
-from handlers import account, avatars, files, health, media, upload, web
+from handlers import account, avatars, files, health, media, prosody_share, upload, web
 from handlers.base import NotFoundHandler, log_request
 
 
@@ -46,5 +46,8 @@ class GalleryApp(Application):
     def __init__(self, ctx: Any, routes: list[tuple[str, Any]] | None = None) -> None:
         self.ctx = ctx
         super().__init__(
-            routes or ROUTES, default_handler_class=NotFoundHandler, compress_response=False, log_function=log_request
+            routes or ROUTES + prosody_share.routes(ctx.settings),
+            default_handler_class=NotFoundHandler,
+            compress_response=False,
+            log_function=log_request,
         )

@@ -91,6 +91,10 @@ class MediaHandler(BaseHandler):
         self.finish()
 
     async def get(self, slot_id: str, name: str, include_body: bool = True) -> None:
+        await self.serve(slot_id, name, include_body)
+
+    async def serve(self, slot_id: str, name: str | None, include_body: bool) -> None:
+        """The file behind the link (`name` None: the file itself, whatever the URL calls it)."""
         found = await self.ctx.files.download(slot_id, name)
         if found is None:
             self.set_header("Content-Type", "application/json; charset=utf-8")

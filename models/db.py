@@ -30,7 +30,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("sha1", ASCENDING)]),
         IndexModel([("sha256", ASCENDING)]),
-        IndexModel([("owner", ASCENDING), ("expires_at", ASCENDING)]),  # when a full quota frees up
+        IndexModel([("expires_at", ASCENDING)]),  # the expiry sweeper's query
+        IndexModel([("owner", ASCENDING), ("expires_at", ASCENDING)]),  # when an owner's files free room
     ],
     "blobs": [IndexModel([("refs", ASCENDING)])],
     "ratelimits": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],

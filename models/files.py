@@ -54,6 +54,14 @@ def bucket_of(doc: dict) -> str:
     return KINDS[doc.get("kind") or kind_of(doc.get("media_type") or "", doc.get("context"))]
 
 
+class SlotTaken(Exception):
+    """A file with this slot_id exists already."""
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 def _zero_counts() -> dict[str, dict[str, int]]:
     return {name: {"count": 0, "used": 0} for name in BUCKET_NAMES}
 
@@ -108,7 +116,12 @@ class Files:
         self.counters: AsyncCollection = collection.database["file_counts"]
 
     async def insert(self, doc: dict) -> None:
-        await self.c.insert_one(doc)
+        try:
+            await self.c.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if "slot_id" in str(exc):
+                raise SlotTaken(doc["slot_id"]) from None
+            raise
         await self._count(doc["owner"], bucket_of(doc), 1, doc["size"])
 
     async def migrate(self, ids: IdSequence) -> int:
@@ -133,15 +146,32 @@ class Files:
             await self.recount()
         return moved
 
-    async def by_slot(self, slot_id: str) -> dict | None:
-        return await self.c.find_one({"slot_id": slot_id})
+    async def by_slot(self, slot_id: str, now: dt.datetime | None = None) -> dict | None:
+        """The file behind a download link, unless it has expired (its links answer 404 from
+        `expires_at` on, before the sweeper has removed it)."""
+        doc = await self.c.find_one({"slot_id": slot_id})
+        if doc is None:
+            return None
+        expires_at = doc.get("expires_at")
+        if expires_at is not None and _aware(expires_at) <= (now or utcnow()):
+            return None
+        return doc
 
-    async def expiring(self, owner: str, now: dt.datetime) -> list[tuple[dt.datetime, int]]:
-        """(expires_at, size) of the owner's files that will expire, soonest first (files that
-        never expire hold null there, which `$gt` never matches)."""
-        cursor = self.c.find({"owner": owner, "expires_at": {"$gt": now}}, {"expires_at": 1, "size": 1})
-        docs = await cursor.sort("expires_at", ASCENDING).to_list()
-        return [(doc["expires_at"], doc["size"]) for doc in docs]
+    async def slot_taken(self, slot_id: str) -> bool:
+        """Whether a file (expired or not) has this slot_id."""
+        return await self.c.find_one({"slot_id": slot_id}, {"_id": 1}) is not None
+
+    async def expired(self, now: dt.datetime, limit: int) -> list[dict]:
+        """Up to `limit` files whose `expires_at` has come, the longest expired first, with the
+        fields a delete needs (the sweeper). It rides the `expires_at` index: files that never
+        expire hold null there, which `$lte` never matches."""
+        cursor = self.c.find({"expires_at": {"$lte": now}}, {"owner": 1, "sha256": 1, "size": 1, "expires_at": 1})
+        return await cursor.sort("expires_at", ASCENDING).limit(limit).to_list()
+
+    async def expiring(self, owner: str, after: dt.datetime, limit: int) -> list[dict]:
+        """`owner`'s files that expire after `after`, soonest first: `expires_at` and `size`."""
+        cursor = self.c.find({"owner": owner, "expires_at": {"$gt": after}}, {"expires_at": 1, "size": 1})
+        return await cursor.sort("expires_at", ASCENDING).limit(limit).to_list()
 
     async def with_content(self, owner: str, size: int, digest: str) -> dict | None:
         """One of `owner`'s files with this content (md5, sha1 or sha256 hex), if any (for slot

@@ -21,6 +21,7 @@ from services.avatars import AvatarManager
 from services.files import FileManager
 from services.health import HealthManager
 from services.metrics import Metrics
+from services.prosody_share import ProsodyShare
 from services.slots import SlotManager
 from settings import Settings
 from storage import ContentStore
@@ -71,11 +72,14 @@ class Context:
     health: HealthManager
     metrics: Metrics
     slots: SlotManager
+    prosody_share: ProsodyShare
 
     @classmethod
     def build(cls, p: Parts) -> Context:
         s = p.settings
-        files = FileManager(p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url)
+        files = FileManager(
+            p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url, retention=s.retention
+        )
         slots = SlotManager(s, p.slots, p.users, files)
         if p.component is not None:
             p.component.serve(slots)
@@ -87,4 +91,5 @@ class Context:
             health=HealthManager(p.db, p.store, p.xmpp_state, p.component_state),
             metrics=Metrics(p.xmpp_state),
             slots=slots,
+            prosody_share=ProsodyShare(s.prosody_share.secret, p.files, p.users, files),
         )

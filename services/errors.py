@@ -96,3 +96,11 @@ def classify(exc: BaseException) -> ServiceError | None:
     if isinstance(exc, PyMongoError):
         return DatabaseUnavailable()
     return None
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class Gone(ServiceError):
+    status = 410

@@ -18,14 +18,15 @@ from imaging import Derived, Imaging
 from models.blobs import Blobs
 from models.criteria import Criteria, Page
 from models.db import utcnow
-from models.files import Files, kind_of
+from models.files import Files, SlotTaken, kind_of
 from models.ratelimits import RateLimits
 from models.sequences import IdSequence
 from models.users import Quota, Users
 from services import render
 from services.admission import UploadGate
-from services.errors import NotFound, QuotaExceeded, RateLimited, TooLarge
-from settings import LimitsSettings
+from services.errors import Conflict, NotFound, QuotaExceeded, RateLimited, TooLarge
+from services.retention import aware, expiry_for
+from settings import LimitsSettings, RetentionSettings
 from storage import ContentStore, Sink
 from storage.content import clean_name, media_type
 from storage.ingest import Digests, Incoming, Overflow
@@ -33,6 +34,8 @@ from storage.ingest import Digests, Incoming, Overflow
 __all__ = ["Admission", "Download", "FileManager", "Incoming", "Overflow", "UploadMeta"]
 
 log = logging.getLogger("gallery.files")
+
+ROOM_SCAN = 1000  # an owner's soonest-expiring files room_at looks at
 
 
 @dataclass
@@ -43,8 +46,10 @@ class UploadMeta:
     metadata: dict | None = None
     create_thumbnails: bool = True
     is_avatar: bool = False
-    slot_id: str | None = None  # the link's id when the route chose it (an XEP-0363 slot's)
-    expires_before: dt.datetime | None = None  # the uploader's deadline (XEP-0363 ephemeral)
+    # the uploader's deadline (XEP-0363 <ephemeral expire-before>, Prosody's `expires`): the file
+    # is never served after it
+    expires_before: dt.datetime | None = None
+    slot_id: str | None = None  # the link's id when the upload's door chose it (Prosody's slot)
 
 
 @dataclass
@@ -111,6 +116,7 @@ class FileManager:
         imaging: Imaging,
         limits: LimitsSettings,
         public_url: str,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self._files = files
         self._blobs = blobs
@@ -121,6 +127,7 @@ class FileManager:
         self.imaging = imaging
         self.limits = limits
         self.public_url = public_url
+        self.retention = retention or RetentionSettings()
         self.gate = UploadGate(limits.concurrent_uploads_per_user, limits.concurrent_uploads)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -175,8 +182,9 @@ class FileManager:
         return Admission(owner, min(self.limits.max_file_size, quota.available), quota, gate)
 
     async def expiring(self, owner: str) -> list[tuple[dt.datetime, int]]:
-        """(when, bytes) the owner's expiring files will give back, soonest first."""
-        return await self._files.expiring(owner, utcnow())
+        """(when, bytes) the owner's expiring files will give back, soonest first (at most
+        ROOM_SCAN of them)."""
+        return [(aware(d["expires_at"]), d["size"]) for d in await self._files.expiring(owner, utcnow(), ROOM_SCAN)]
 
     def overflow(self, received: int) -> TooLarge | QuotaExceeded:
         """What to answer when an upload's bytes pass its admission's limit."""
@@ -304,6 +312,7 @@ class FileManager:
         self, owner: str, name: str | None, digests: Digests, size: int, kind: str, derived: Derived, meta: UploadMeta
     ) -> dict:
         context = context_of(meta)
+        now = utcnow()
         doc = {
             "_id": await self._ids.next(),
             "owner": owner,
@@ -320,7 +329,8 @@ class FileManager:
             "thumbnail": derived.thumbnail,
             "width": derived.width,
             "height": derived.height,
-            "created_at": utcnow(),
+            "created_at": now,
+            "expires_at": expiry_for(context, meta.expires_before, now, self.retention),
         }
         if digests.sha1:
             doc["sha1"] = digests.sha1
@@ -331,9 +341,11 @@ class FileManager:
     async def _insert(self, doc: dict) -> None:
         try:
             await self._files.insert(doc)
-        except BaseException:
+        except BaseException as exc:
             await self._drop_reference(doc["sha256"])
             await self._users.release(doc["owner"], doc["size"])
+            if isinstance(exc, SlotTaken):  # a door that chose the slot_id got two uploads for it
+                raise Conflict("this slot has been uploaded already") from None
             raise
 
     # -- read ------------------------------------------------------------------------------
@@ -348,9 +360,10 @@ class FileManager:
         total = {key: sum(bucket[key] for bucket in counts.values()) for key in ("count", "used")}
         return {**counts, "total": total, **render.quota(quota, available=False)}
 
-    async def download(self, slot_id: str, name: str) -> Download | None:
+    async def download(self, slot_id: str, name: str | None) -> Download | None:
         """What /media/<slot_id>/<name> serves, with its stored size; None when the link or the
-        stored bytes do not exist."""
+        stored bytes do not exist, or the file has expired. `name` None: the file itself, under
+        whatever name the URL gives it (Prosody's share URLs)."""
         found = await self._find_download(slot_id, name)
         if found is None:
             return None
@@ -366,8 +379,8 @@ class FileManager:
         if doc is None:
             return None
         sha256, created = doc["sha256"], doc["created_at"]
-        if name == doc["name"]:
-            return Download(sha256, None, doc["media_type"], name, f'"{sha256}"', created)
+        if name is None or name == doc["name"]:
+            return Download(sha256, None, doc["media_type"], doc["name"], f'"{sha256}"', created)
         thumbnail = doc.get("thumbnail")
         if thumbnail and name == render.thumb_name(doc["name"]):
             return self._derived(sha256, thumbnail, name, created)
@@ -406,12 +419,40 @@ class FileManager:
         """Remove the owner's matching files; content whose last reference goes leaves storage."""
         deleted = 0
         for doc in await self._files.matching(owner, criteria, is_avatar):
-            if not await self._files.delete(owner, doc["_id"]):
-                continue  # a concurrent delete got there first
-            deleted += 1
-            await self._users.release(owner, doc["size"])
-            await self._drop_reference(doc["sha256"])
+            deleted += await self.remove(doc)
         return deleted
+
+    async def remove(self, doc: dict) -> bool:
+        """Remove one file (`owner`, `_id`, `size`, `sha256`): its document, its quota, its
+        reference to the content (the last one takes the content and its derived images). Only
+        the call whose delete removed the document releases anything, so concurrent removals of
+        one file (a user's delete, the expiry sweepers of several processes) release it once."""
+        if not await self._files.delete(doc["owner"], doc["_id"]):
+            return False  # a concurrent delete got there first
+        await self._users.release(doc["owner"], doc["size"])
+        await self._drop_reference(doc["sha256"])
+        return True
+
+    async def expired(self, now: dt.datetime, limit: int) -> list[dict]:
+        """Up to `limit` files whose `expires_at` has come (for the expiry sweeper)."""
+        return await self._files.expired(now, limit)
+
+    async def room_at(self, owner: str, needed: int, now: dt.datetime, sweep_interval: float) -> dt.datetime | None:
+        """When `owner` will have `needed` bytes free because their expiring files are removed
+        (at most `sweep_interval` after they expire); `now` when they have the room already, None
+        when expiry will not make it (for a "retry at" answer, such as XEP-0363's `<retry stamp>`)."""
+        short = needed - (await self._users.quota(owner)).available
+        if short <= 0:
+            return now
+        freed = 0
+        for doc in await self._files.expiring(owner, now, ROOM_SCAN):
+            freed += doc["size"]
+            if freed >= short:
+                return aware(doc["expires_at"]) + dt.timedelta(seconds=sweep_interval)
+        return None
+
+    async def slot_taken(self, slot_id: str) -> bool:
+        return await self._files.slot_taken(slot_id)
 
     async def _drop_reference(self, sha256: str) -> None:
         async with self._locked(sha256):

@@ -2,8 +2,10 @@
 
 `files` is the source of truth: blob reference counts, each user's `used` and each owner's file
 counters (count and bytes per stats bucket) are recomputed from it; blobs and derived images
-nobody references, and stale temp files, are removed. Content that a file points at but that is
-missing from the volume cannot be repaired and is reported.
+nobody references, and stale temp files, are removed. Files whose `expires_at` has passed are
+removed first (what the expiry sweeper would have done while the service was down), so that the
+recount gives their quota back and their unreferenced content leaves the volume. Content that a
+file points at but that is missing from the volume cannot be repaired and is reported.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from models.db import utcnow
+from models.files import Files
 from services.context import Parts
 from storage import ContentStore
 
 log = logging.getLogger("gallery.fsck")
 
 STALE_TEMP_SECONDS = 3600
+EXPIRED_BATCH = 500
 
 
 @dataclass
 class Report:
     temps_removed: int = 0
+    expired_removed: int = 0
     refs_fixed: int = 0
     blob_docs_added: int = 0
     blob_docs_removed: int = 0
@@ -63,6 +68,7 @@ async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
     report = Report()
     report.ids_given = await files.migrate(parts.file_ids)
     report.temps_removed = await store.clean_staging(temp_age)
+    report.expired_removed = await _remove_expired(files)
 
     wanted = await files.refs_by_blob()
     known = {doc["_id"]: doc.get("refs", 0) for doc in await blobs.all()}
@@ -111,3 +117,16 @@ async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
             report.used_fixed += 1
     report.counts_fixed = await files.recount()
     return report
+
+
+async def _remove_expired(files: Files) -> int:
+    """Delete the documents of expired files; the passes after this recount quota, counters and
+    references without them and remove the content nobody references any more."""
+    removed, now = 0, utcnow()
+    while True:
+        docs = await files.expired(now, EXPIRED_BATCH)
+        for doc in docs:
+            if await files.delete(doc["owner"], doc["_id"]):
+                removed += 1
+        if len(docs) < EXPIRED_BATCH:
+            return removed

@@ -24,6 +24,7 @@ class Metrics:
         self.uploads = Counter("gallery_uploads", "Uploads by outcome.", ("outcome",), registry=r)
         self.download_bytes = Counter("gallery_download_bytes", "Bytes sent by /media/ downloads.", registry=r)
         self.downloads = Counter("gallery_downloads", "Downloads by status.", ("status",), registry=r)
+        self.expired = Counter("gallery_files_expired", "Expired files the expiry sweeper removed.", registry=r)
         self.db_errors = Counter("gallery_db_errors", "Requests that failed because the database did not answer.", registry=r)
         state = Gauge("gallery_xmpp_connected", "1 while the XMPP client is connected, by state.", ("state",), registry=r)
         for name in XMPP_STATES:

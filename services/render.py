@@ -63,6 +63,7 @@ def file_object(doc: dict, public_url: str) -> dict:
         "slot_id": doc["slot_id"],
         "file": media_url(public_url, doc["slot_id"], doc["name"]),
         "created_at": iso(doc["created_at"]),
+        "expires_at": iso(doc.get("expires_at")),  # null: kept until deleted
         "hash": doc["md5"],
         "sha256": doc["sha256"],
         "thumbnail": None,
