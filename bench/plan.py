@@ -1,0 +1,48 @@
+"""How much of everything to do; --quick shrinks the repeat counts and request counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Plan:
+    quick: bool
+    large_mb: int = 200
+    medium_mb: int = 20
+    concurrent: int = 8
+    concurrent_mb: int = 25
+    small_size: int = 4096
+    small_in_flight: int = 16
+    many_files: int = 10_000
+    read_in_flight: int = 8
+    repeats_large: int = 5
+    repeats: int = 3
+    small_count: int = 1000
+    dedup_count: int = 500
+    revalidations: int = 2000
+    list_requests: int = 1000
+    list_seconds: float = 8.0
+    avatar_repeats: int = 3
+    disk_test_mb: int = 1000
+    tcp_test_mb: int = 1000
+    hash_test_mib: int = 256
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if not quick:
+            return cls(quick=False)
+        return cls(
+            quick=True,
+            repeats_large=3,
+            repeats=1,
+            small_count=300,
+            dedup_count=200,
+            revalidations=500,
+            list_requests=300,
+            list_seconds=3.0,
+            avatar_repeats=1,
+            disk_test_mb=256,
+            tcp_test_mb=500,
+            hash_test_mib=128,
+        )

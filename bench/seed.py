@@ -1,0 +1,90 @@
+"""Many files for one owner, inserted straight into the service's database (the service's upload
+API is far too slow for 100 000 of them).
+
+Each document is a copy of one the service itself wrote for a small upload (so its shape is
+exactly the service's), with its own id, slot, name, hashes, size, type and date (spread over a
+year). The owner's `used` is then set to the sum of the sizes, and the per-owner counters
+(`file_counts`) are recomputed by the code fsck runs (`Files.recount`), so they are what the
+service would have kept."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import secrets
+
+from bench.client import expect, upload_once
+from bench.common import BenchError
+from bench.session import Session, User
+
+BUCKET_KINDS = [
+    ("image/jpeg", "jpg", 0.45),
+    ("image/png", "png", 0.10),
+    ("video/mp4", "mp4", 0.10),
+    ("audio/ogg", "ogg", 0.15),
+    ("application/pdf", "pdf", 0.10),
+    ("application/octet-stream", "bin", 0.10),
+]
+SEED = 20261122
+BATCH = 1000
+
+
+async def template(session: Session) -> dict:
+    """A file document the service wrote: a small upload by a user of its own."""
+    user = await session.new_user("seed-template")
+    expect(await upload_once(session, user, [os.urandom(4096)], 4096, "template.bin"), 201, "template upload")
+    doc = await session.db.files.find_one({"owner": user.jid, "is_avatar": False})
+    if doc is None:
+        raise BenchError("no file document to copy")
+    return doc
+
+
+def documents(model: dict, owner: str, count: int) -> list[dict]:
+    """`count` copies of `model` for `owner`, each with its own identity, content and date."""
+    from bson import ObjectId
+
+    rng = random.Random(SEED)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    kinds = [k for k, _, _ in BUCKET_KINDS]
+    weights = [w for _, _, w in BUCKET_KINDS]
+    extension = {k: e for k, e, _ in BUCKET_KINDS}
+    docs = []
+    for i in range(count):
+        kind = rng.choices(kinds, weights)[0]
+        image = kind.startswith(("image/", "video/"))
+        width, height = rng.choice([(4000, 3000), (1920, 1080), (1280, 960)]) if image else (None, None)
+        docs.append(
+            model
+            | dict(
+                _id=ObjectId(),
+                owner=owner,
+                slot_id=secrets.token_urlsafe(18),
+                name=f"file-{i:05d}.{extension[kind]}",
+                sha256=rng.randbytes(32).hex(),
+                md5=rng.randbytes(16).hex(),
+                size=rng.randint(1_000, 5_000_000),
+                media_type=kind,
+                is_avatar=False,
+                context="voice" if kind.startswith("audio/") else "file",
+                metadata=None,
+                width=width,
+                height=height,
+                thumbnail={"file": "thumb.jpg", "media_type": "image/jpeg", "width": 256, "height": 256} if image else None,
+                created_at=now - dt.timedelta(seconds=rng.randint(0, 365 * 86400), milliseconds=rng.randint(0, 999)),
+            )
+        )
+    return docs
+
+
+async def many_files(session: Session, user: User, count: int) -> dict:
+    """`count` files of `user`'s; returns {"count", "used"} as GET files/stats/ must report them."""
+    from models.files import Files
+
+    docs = documents(await template(session), user.jid, count)
+    for start in range(0, count, BATCH):
+        await session.db.files.insert_many(docs[start : start + BATCH], ordered=False)
+    used = sum(doc["size"] for doc in docs)
+    await session.db.users.update_one({"_id": user.jid}, {"$set": {"used": used}})
+    await Files(session.db.files).recount(user.jid)
+    return {"count": count, "used": used}
