@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
@@ -43,12 +43,35 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+class CommandCounter(monitoring.CommandListener):
+    """Counts the commands the client sends, by command name (shown on /metrics as
+    gallery_db_commands_total): what a request costs the database, independent of its engine."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, int] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.by_name[event.command_name] = self.by_name.get(event.command_name, 0) + 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.by_name)
+
+
 class Database:
     """Owns the client; exposes each collection by name."""
 
     def __init__(self, uri: str, name: str, timeout: float = 5.0) -> None:
         ms = int(timeout * 1000)
-        self.client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms)
+        self.commands = CommandCounter()
+        self.client: AsyncMongoClient = AsyncMongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, event_listeners=[self.commands]
+        )
         self.db = self.client[name]
         self.users: AsyncCollection = self.db.users
         self.tokens: AsyncCollection = self.db.tokens

@@ -89,7 +89,7 @@ class Context:
             avatars=AvatarManager(files, p.imaging, p.store),
             accounts=AccountManager(s, p.users, p.tokens, p.codes, p.ratelimits, p.files, files, p.code_sender),
             health=HealthManager(p.db, p.store, p.xmpp_state, p.component_state),
-            metrics=Metrics(p.xmpp_state),
+            metrics=Metrics(p.xmpp_state, p.db.commands.counts),
             slots=slots,
             prosody_share=ProsodyShare(s.prosody_share.secret, p.files, p.users, files),
         )

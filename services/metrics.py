@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 XMPP_STATES = ("connected", "connecting", "disconnected", "disabled")
 
 
+class CommandsCollector(Collector):
+    """gallery_db_commands_total{command}: the database commands sent, read from the client's
+    command listener (models.db.CommandCounter) whenever /metrics is rendered."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("gallery_db_commands", "Database commands sent, by command name.", labels=("command",))
+        for name, count in sorted(self.counts().items()):
+            family.add_metric((name,), count)
+        yield family
+
+
 class Metrics:
-    def __init__(self, xmpp_state: Callable[[], str]) -> None:
+    def __init__(self, xmpp_state: Callable[[], str], db_commands: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Histogram(
@@ -29,6 +45,8 @@ class Metrics:
         state = Gauge("gallery_xmpp_connected", "1 while the XMPP client is connected, by state.", ("state",), registry=r)
         for name in XMPP_STATES:
             state.labels(name).set_function(lambda name=name: 1.0 if xmpp_state() == name else 0.0)
+        if db_commands is not None:
+            r.register(CommandsCollector(db_commands))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

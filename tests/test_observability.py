@@ -49,3 +49,27 @@ async def test_metrics(client, alice):
 async def test_metrics_restricted_by_address(client, service):
     service.settings.server.metrics_allow = ["10.0.0.0/8"]
     assert_error(await client.get("/metrics"), 403)
+
+
+def db_commands(metrics_text: str) -> dict[str, float]:
+    """gallery_db_commands_total by command name, from a /metrics page."""
+    found = {}
+    for line in metrics_text.splitlines():
+        if line.startswith('gallery_db_commands_total{command="'):
+            labels, _, value = line.rpartition(" ")
+            found[labels.split('"')[1]] = float(value)
+    return found
+
+
+async def test_metrics_count_database_commands(client, alice):
+    before = db_commands((await client.get("/metrics")).text)
+    await upload(client, alice, os.urandom(4000), "counted.bin")
+    r = await client.get("/api/v1/files/", headers=alice)
+    assert r.status_code == 200 and r.json()["total_objects"] == 1
+    after = db_commands((await client.get("/metrics")).text)
+    assert "# TYPE gallery_db_commands_total counter" in (await client.get("/metrics")).text
+    moved = {name: count - before.get(name, 0) for name, count in after.items()}
+    assert moved.get("insert", 0) >= 1  # the file document
+    assert moved.get("find", 0) >= 2  # at least the token of each request
+    assert sum(moved.values()) >= 4
+    assert all(count >= 0 for count in moved.values())
