@@ -35,9 +35,25 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=BENCH / "results", help="where latest.json and latest.md go")
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the run's temp dir (default: the system's)")
     parser.add_argument(
+        "--files",
+        type=file_counts,
+        default=None,
+        help="comma-separated sizes of the listed owner for the listing and stats figures (default 10000,100000; --quick 10000)",
+    )
+    parser.add_argument(
         "--only", default="", help=f"comma-separated subset of measurements, for development: {','.join(BY_NAME)}"
     )
     return parser.parse_args(argv)
+
+
+def file_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of file counts: {text!r}") from None
+    if not counts or any(not 1 <= count <= 1_000_000 for count in counts):
+        raise argparse.ArgumentTypeError("file counts are 1 to 1000000")
+    return counts
 
 
 def selected(only: str) -> list:
@@ -94,7 +110,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def about(command: str, plan: Plan) -> dict[str, Any]:
+def about(command: str, plan: Plan, only: str) -> dict[str, Any]:
     """What the run was: when, how, on what."""
     import tornado
 
@@ -102,6 +118,7 @@ def about(command: str, plan: Plan) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
+        "only": only,
         "plan": asdict(plan),
         "python": platform.python_version(),
         "tornado": tornado.version,
@@ -123,7 +140,7 @@ def make_session(tmp: Path, plan: Plan, profile_dir: Path | None) -> Session:
 def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     args = parse_args(argv, prog)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    plan = Plan.make(args.quick)
+    plan = Plan.make(args.quick, args.files)
     modules = selected(args.only)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     profile_dir = args.out_dir / "profiles" if args.profile else None
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
             results["peer"] = peer.run(args.peer, tmp, plan)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    results.update(about(" ".join([prog, *(argv if argv is not None else sys.argv[1:])]), plan))
+    results.update(about(" ".join([prog, *(argv if argv is not None else sys.argv[1:])]), plan, args.only))
     print(report.write(results, args.out_dir))
     progress(f"wrote {args.out_dir / 'latest.json'} and {args.out_dir / 'latest.md'} in {results['run_seconds']:.0f} s")
     return 0

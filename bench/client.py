@@ -15,6 +15,7 @@ from bench.session import Session, User
 from bench.stats import percentile
 
 UPLOAD_ROUTE = "/api/v1/files/upload/"
+COMMANDS_METRIC = "gallery_db_commands_total{"
 
 
 def media_path(url: str) -> str:
@@ -62,6 +63,37 @@ async def get_once(session: Session, route: str, user: User | None = None) -> Re
         conn.close()
 
 
+async def db_commands(session: Session) -> float | None:
+    """The database commands the service has sent so far (from /metrics), None if it does not say."""
+    response = await get_once(session, "/metrics")
+    lines = [line for line in response.body.decode().splitlines() if line.startswith(COMMANDS_METRIC)]
+    return sum(float(line.rpartition(" ")[2]) for line in lines) if response.status == 200 and lines else None
+
+
+class CommandCount:
+    """The service's database commands while the `async with` block runs (read from /metrics
+    before and after, so one request more on each side, which sends none)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.before: float | None = None
+        self.used: float | None = None
+
+    async def __aenter__(self) -> CommandCount:
+        self.before = await db_commands(self.session)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        after = await db_commands(self.session)
+        self.used = None if after is None or self.before is None else after - self.before
+
+    def figures(self, requests: int) -> dict[str, float]:
+        """{"db_commands", "db_commands_per_request"}, or nothing if the service does not count."""
+        if self.used is None:
+            return {}
+        return {"db_commands": self.used, "db_commands_per_request": self.used / max(requests, 1)}
+
+
 async def run_pool(
     session: Session,
     in_flight: int,
@@ -73,7 +105,6 @@ async def run_pool(
     each doing one at a time. Returns rate and latency percentiles."""
     latencies: list[float] = []
     numbers = iter(range(count))
-    started = time.perf_counter()
 
     async def worker() -> None:
         conn = session.connection()
@@ -88,9 +119,11 @@ async def run_pool(
             conn.close()
 
     rss, cpu = session.meters()
-    with rss, cpu:
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-        wall = time.perf_counter() - started
+    async with CommandCount(session) as commands:
+        started = time.perf_counter()
+        with rss, cpu:
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+            wall = time.perf_counter() - started
     return {
         "requests": len(latencies),
         "seconds": wall,
@@ -102,4 +135,6 @@ async def run_pool(
         "db_cpu_s": cpu.used["db"],
         "client_cpu_s": cpu.used["client"],
         "rss_peak_mib": rss.peak_mib,
+        "in_flight": in_flight,
+        **commands.figures(len(latencies)),
     }

@@ -14,7 +14,7 @@ class Plan:
     concurrent_mb: int = 25
     small_size: int = 4096
     small_in_flight: int = 16
-    many_files: int = 10_000
+    files: tuple[int, ...] = (10_000, 100_000)  # the listed owner's files, one listing run each (--files)
     read_in_flight: int = 8
     repeats_large: int = 5
     repeats: int = 3
@@ -22,18 +22,28 @@ class Plan:
     dedup_count: int = 500
     revalidations: int = 2000
     list_requests: int = 1000
-    list_seconds: float = 8.0
+    list_seconds: float = 5.0  # per listing/stats round, at most (and the requests still running then)
+    list_repeats: int = 2
+    dedup_seconds: float = 16.0
     avatar_repeats: int = 3
     disk_test_mb: int = 1000
     tcp_test_mb: int = 1000
     hash_test_mib: int = 256
 
     @classmethod
-    def make(cls, quick: bool) -> Plan:
+    def make(cls, quick: bool, files: tuple[int, ...] | None = None) -> Plan:
+        plan = cls._make(quick)
+        if files:
+            plan.files = files
+        return plan
+
+    @classmethod
+    def _make(cls, quick: bool) -> Plan:
         if not quick:
             return cls(quick=False)
         return cls(
             quick=True,
+            files=(10_000,),
             repeats_large=3,
             repeats=1,
             small_count=300,
@@ -41,6 +51,8 @@ class Plan:
             revalidations=500,
             list_requests=300,
             list_seconds=3.0,
+            list_repeats=1,
+            dedup_seconds=6.0,
             avatar_repeats=1,
             disk_test_mb=256,
             tcp_test_mb=500,

@@ -2,7 +2,7 @@
 
 Each measurement module supplies its own rows (`rows(figures)`, and `memory_rows(figures)` for
 the memory rows, which the table shows together after the speed rows); the machine's limits
-come last."""
+come last. Below it, every target (bench/targets.py), met or not."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from bench import machine, peer
+from bench import machine, peer, targets
 from bench.measure import MEASUREMENTS
 from bench.rows import Figures, Row, fmt
 
@@ -40,12 +40,25 @@ def header(results: dict) -> str:
 def table_line(row: Row) -> str:
     ratio = f"{row.value / row.limit:.2f}" if row.value is not None and row.limit else ""
     peer_ratio = f"{row.value / row.peer:.1f}×" if row.value is not None and row.peer else ""
-    met = {True: "yes", False: "**no**", None: ""}[row.met]
     note = f" ({row.note})" if row.note else ""
+    commands = "" if row.commands is None else f"{row.commands:.1f}"
     return (
         f"| {row.name}{note} | {fmt(row.value)} | {row.unit} | {row.limit_name} | {fmt(row.limit)} | {ratio} | "
-        f"{fmt(row.peer)} | {peer_ratio} | {row.target} | {met} |"
+        f"{fmt(row.peer)} | {peer_ratio} | {commands} |"
     )
+
+
+def targets_table(judged: list[dict]) -> list[str]:
+    met = sum(1 for t in judged if t["met"])
+    judged_count = sum(1 for t in judged if t["met"] is not None)
+    lines = [
+        f"Targets: {met} of {judged_count} measured in this run met ({len(judged) - judged_count} not measured).",
+        "",
+        "| target | from | measured | met |",
+        "|---|---|---|:---:|",
+    ]
+    words = {True: "yes", False: "**no**", None: "–"}
+    return lines + [f"| {t['target']} | {t['from']} | {t['measured']} | {words[t['met']]} |" for t in judged]
 
 
 def markdown(results: dict) -> str:
@@ -53,10 +66,11 @@ def markdown(results: dict) -> str:
         header(results),
         "",
         "| measurement | gallery | unit | machine limit (same run) | limit | gallery ÷ limit "
-        "| Prosody | gallery ÷ Prosody | target | met |",
-        "|---|---:|---|---|---:|---:|---:|---:|---|:---:|",
+        "| Prosody | gallery ÷ Prosody | DB commands per request |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [table_line(row) for row in build_rows(results)]
+    lines += ["", *targets_table(results["targets"])]
     lines += ["", *peer.notes(results.get("peer", {})), ""]
     lines.append(
         "The client is a separate process (raw asyncio sockets, sendfile for upload bodies, downloads read into one "
@@ -73,7 +87,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write(results: dict, out_dir: Path) -> str:
-    """latest.json and latest.md into `out_dir`; returns the markdown."""
+    """latest.json and latest.md into `out_dir` (the targets judged into both); returns the markdown."""
+    results["targets"] = targets.judge_all(Figures.of(results))
     write_atomic(out_dir / "latest.json", json.dumps(results, indent=2, default=str) + "\n")
     table = markdown(results)
     write_atomic(out_dir / "latest.md", table)

@@ -14,8 +14,7 @@ class Row:
     limit_name: str = ""
     limit: float | None = None
     peer: float | None = None
-    target: str = ""
-    met: bool | None = None
+    commands: float | None = None  # database commands per request
     note: str = ""
 
 
@@ -38,6 +37,10 @@ class Figures:
     def get(self, key: str) -> dict | None:
         return self.results.get(key)
 
+    def listing(self, files: int, key: str) -> dict | None:
+        """A listing or stats result at `files` files (None when not measured)."""
+        return (self.results.get("listing") or {}).get(str(files), {}).get(key)
+
     def peer_figure(self, group: str, key: str) -> float | None:
         return self.prosody[group][key] if self.prosody else None
 
@@ -48,6 +51,11 @@ def fmt(value: float | None, digits: int = 1) -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}"
+
+
+def commands(item: dict | None) -> float | None:
+    """Database commands per request, median of the samples (None if the service does not count them)."""
+    return item.get("median_db_commands_per_request") if item else None
 
 
 def db_note(item: dict) -> str:

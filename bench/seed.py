@@ -78,7 +78,7 @@ def documents(model: dict, owner: str, count: int) -> list[dict]:
 
 
 async def many_files(session: Session, user: User, count: int) -> dict:
-    """`count` files of `user`'s; returns {"count", "used"} as GET files/stats/ must report them."""
+    """`count` files of `user`'s; returns {"count", "used", "images"} as GET files/stats/ must report them."""
     from models.files import Files
 
     docs = documents(await template(session), user.jid, count)
@@ -87,4 +87,5 @@ async def many_files(session: Session, user: User, count: int) -> dict:
     used = sum(doc["size"] for doc in docs)
     await session.db.users.update_one({"_id": user.jid}, {"$set": {"used": used}})
     await Files(session.db.files).recount(user.jid)
-    return {"count": count, "used": used}
+    images = sum(1 for doc in docs if doc["media_type"].startswith("image/"))
+    return {"count": count, "used": used, "images": images}

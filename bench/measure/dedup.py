@@ -10,7 +10,7 @@ from bench.client import expect, post_upload, run_pool
 from bench.common import BenchError, progress
 from bench.httpclient import Connection, Response
 from bench.profiler import profiled
-from bench.rows import Figures, Row, db_note
+from bench.rows import Figures, Row, commands, db_note
 from bench.session import Session, User
 from bench.stats import with_summary
 
@@ -50,7 +50,7 @@ async def measure(session: Session) -> dict:
     samples = []
     for round_number in range(plan.repeats):
         with profiled(session, "slot_dedup", round_number == 0):
-            samples.append(await run_pool(session, plan.small_in_flight, plan.dedup_count, one, 2 * plan.list_seconds))
+            samples.append(await run_pool(session, plan.small_in_flight, plan.dedup_count, one, plan.dedup_seconds))
         progress(f"slot dedup hits: {samples[-1]['per_s']:.0f}/s, p99 {samples[-1]['p99_ms']:.1f} ms")
     return {"slot_dedup": with_summary(samples)}
 
@@ -65,6 +65,7 @@ def rows(figures: Figures) -> list[Row]:
             dedup["median_per_s"],
             "requests/s",
             peer=figures.peer_figure("small", "slots_per_s"),
+            commands=commands(dedup),
             note=db_note(dedup) + "; Prosody: XMPP slot requests/s, no dedup",
         )
     ]

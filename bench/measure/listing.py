@@ -1,8 +1,11 @@
-"""GET files/ (page 1 and a deep page) and GET files/stats/ (plain and filtered) for an owner
-with many files (bench/seed.py), 8 in flight."""
+"""GET files/ (page 1, the middle page and the last page, default order) and GET files/stats/
+(plain, by media type, by date range) for an owner with many files, once for each size in
+plan.files (--files): each size is a new owner, seeded straight into the database
+(bench/seed.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 from bench import seed
@@ -10,41 +13,72 @@ from bench.client import expect, get_once, run_pool
 from bench.common import BenchError, progress
 from bench.httpclient import Connection, Response
 from bench.profiler import profiled
-from bench.rows import Figures, Row, db_note
+from bench.rows import Figures, Row, commands, db_note
 from bench.session import Session, User
 from bench.stats import with_summary
 
 NAME = "listing"
-PER_PAGE = 50
+PER_PAGE = 50  # the service's default page size
 LABELS = {
-    "list_page1": "GET files/, page 1",
-    "list_deep_page": "GET files/, page {page}",
+    "list_first": "GET files/, page 1",
+    "list_middle": "GET files/, middle page {page}",
+    "list_last": "GET files/, last page {page}",
     "stats": "GET files/stats/",
-    "stats_filtered": "GET files/stats/?media_type=image",
+    "stats_media_type": "GET files/stats/?media_type=image",
+    "stats_dates": "GET files/stats/, a 90-day range",
 }
-TARGETS = {"list_page1": 1000, "stats": 1000}
+LIST_KEYS = ("list_first", "list_middle", "list_last")
+STATS_KEYS = ("stats", "stats_media_type", "stats_dates")
+
+
+def date_range(today: dt.date) -> str:
+    """A 90-day range inside the seeded year: from 180 to 91 days ago."""
+    return f"date_gte={today - dt.timedelta(days=180)}&date_lte={today - dt.timedelta(days=91)}"
 
 
 def routes(files: int) -> dict[str, str]:
-    pages = -(-files // PER_PAGE)
+    pages = max(1, -(-files // PER_PAGE))
     return {
-        "list_page1": "/api/v1/files/",
-        "list_deep_page": f"/api/v1/files/?page={max(1, pages * 3 // 4)}",
+        "list_first": "/api/v1/files/",
+        "list_middle": f"/api/v1/files/?page={(pages + 1) // 2}",
+        "list_last": f"/api/v1/files/?page={pages}",
         "stats": "/api/v1/files/stats/",
-        "stats_filtered": "/api/v1/files/stats/?media_type=image",
+        "stats_media_type": "/api/v1/files/stats/?media_type=image",
+        "stats_dates": f"/api/v1/files/stats/?{date_range(dt.datetime.now(dt.UTC).date())}",
     }
 
 
-async def check(session: Session, key: str, route: str, user: User, seeded: dict) -> None:
-    """The first answer reports exactly the seeded totals."""
-    first = expect(await get_once(session, route, user), 200, route)
-    if key.startswith("list") and first["total_objects"] != seeded["count"]:
-        raise BenchError(f"{route}: total_objects {first['total_objects']}, expected {seeded['count']}")
-    if key == "stats" and (first["total"]["count"], first["total"]["used"]) != (seeded["count"], seeded["used"]):
-        raise BenchError(f"{route}: total {first['total']}, expected {seeded}")
+def wrong_totals(key: str, answer: dict, seeded: dict) -> str | None:
+    """What in the first answer disagrees with the seeded files (None if nothing)."""
+    if key in LIST_KEYS and answer["total_objects"] != seeded["count"]:
+        return f"total_objects {answer['total_objects']}, expected {seeded['count']}"
+    if key in LIST_KEYS and not answer["items"]:
+        return "no items"
+    if key == "stats" and (answer["total"]["count"], answer["total"]["used"]) != (seeded["count"], seeded["used"]):
+        return f"total {answer['total']}, expected {seeded}"
+    if key == "stats_media_type" and answer["total"]["count"] != seeded["images"]:
+        return f"total {answer['total']}, expected {seeded['images']} images"
+    if key == "stats_dates" and not 0 < answer["total"]["count"] < seeded["count"]:
+        return f"total {answer['total']}, expected some of the {seeded['count']} files"
+    return None
 
 
-async def measure_route(session: Session, key: str, route: str, user: User) -> dict:
+async def probe(session: Session, key: str, route: str, user: User, seeded: dict) -> float:
+    """One request on its own: checks the answer against the seeded files; returns its seconds."""
+    response = await get_once(session, route, user)
+    wrong = wrong_totals(key, expect(response, 200, route), seeded)
+    if wrong:
+        raise BenchError(f"{route}: {wrong}")
+    return response.seconds
+
+
+def in_flight_for(session: Session, seconds: float) -> int:
+    """Connections for a route whose lone request took `seconds`: fewer for a slow route, so the
+    requests still running when a round's time is up finish within about that time again."""
+    return max(1, min(session.plan.read_in_flight, int(session.plan.list_seconds / max(seconds, 1e-3))))
+
+
+async def measure_route(session: Session, key: str, route: str, user: User, in_flight: int) -> dict:
     plan = session.plan
 
     async def one(conn: Connection, number: int) -> Response:
@@ -53,48 +87,53 @@ async def measure_route(session: Session, key: str, route: str, user: User) -> d
             raise BenchError(f"{route}: {response.status} {response.body[:300]!r}")
         return response
 
+    rounds = plan.list_repeats if in_flight == plan.read_in_flight else 1
     samples = []
-    for round_number in range(plan.repeats):
+    for round_number in range(rounds):
         with profiled(session, key, round_number == 0):
-            samples.append(await run_pool(session, plan.read_in_flight, plan.list_requests, one, plan.list_seconds))
+            samples.append(await run_pool(session, in_flight, plan.list_requests, one, plan.list_seconds))
         progress(
-            f"GET {route} ({plan.many_files} files): {samples[-1]['per_s']:.0f} req/s, p99 {samples[-1]['p99_ms']:.1f} ms, "
+            f"GET {route}: {samples[-1]['per_s']:.1f} req/s ({in_flight} in flight), p99 {samples[-1]['p99_ms']:.1f} ms, "
             f"db CPU {samples[-1]['db_cpu_s']:.1f} s of {samples[-1]['seconds']:.1f} s"
         )
     return with_summary(samples, route=route)
 
 
-async def measure(session: Session) -> dict:
-    plan = session.plan
-    user = await session.new_user("many")
+async def measure_files(session: Session, files: int) -> dict:
+    """Seed an owner with `files` files, then measure every route for it."""
+    user = await session.new_user(f"many-{files}")
     started = time.perf_counter()
-    seeded = await seed.many_files(session, user, plan.many_files)
-    progress(f"inserted {plan.many_files} file documents in {time.perf_counter() - started:.1f} s")
-    found = {}
-    for key, route in routes(plan.many_files).items():
-        await check(session, key, route, user, seeded)
-        found[key] = await measure_route(session, key, route, user)
+    seeded = await seed.many_files(session, user, files)
+    seconds = time.perf_counter() - started
+    progress(f"inserted {files} file documents (and recounted the owner's counters) in {seconds:.1f} s")
+    found: dict = {"files": files, "seeded": seeded, "seed_seconds": seconds}
+    for key, route in routes(files).items():
+        lone = await probe(session, key, route, user, seeded)
+        found[key] = await measure_route(session, key, route, user, in_flight_for(session, lone))
     return found
 
 
+async def measure(session: Session) -> dict:
+    return {"listing": {str(files): await measure_files(session, files) for files in session.plan.files}}
+
+
 def rows(figures: Figures) -> list[Row]:
-    plan = figures.plan
     found = []
-    for key, label in LABELS.items():
-        if not (item := figures.get(key)):
-            continue
-        page = item["route"].rpartition("=")[2]
-        target = TARGETS.get(key)
-        found.append(
-            Row(
-                f"{label.format(page=page)} ({plan['many_files']:,} files), {plan['read_in_flight']} in flight",
-                item["median_per_s"],
-                "requests/s",
-                target=f"≥ {target}/s" if target else "",
-                met=(item["median_per_s"] >= target) if target else None,
-                note=f"p99 {item['median_p99_ms']:.1f} ms; " + db_note(item),
+    for files in figures.plan["files"]:
+        for key, label in LABELS.items():
+            if not (item := figures.listing(files, key)):
+                continue
+            page = item["route"].rpartition("page=")[2]
+            in_flight = item.get("median_in_flight", figures.plan["read_in_flight"])
+            found.append(
+                Row(
+                    f"{label.format(page=page)} ({files:,} files), {in_flight:.0f} in flight",
+                    item["median_per_s"],
+                    "requests/s",
+                    commands=commands(item),
+                    note=f"p99 {item['median_p99_ms']:.1f} ms; " + db_note(item),
+                )
             )
-        )
     return found
 
 
