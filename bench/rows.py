@@ -50,6 +50,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
         return "–"
     if abs(value) >= 100:
         return f"{value:,.0f}"
+    if 0 < abs(value) < 1:
+        return f"{value:.2g}"  # a slow route's 0.043 requests/s is not 0.0
     return f"{value:.{digits}f}"
 
 
