@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from bench import machine
 from bench.measure.listing import LABELS, LIST_KEYS, STATS_KEYS
-from bench.rows import Figures
+from bench.rows import Figures, fmt
 
 TEN_K, HUNDRED_K = 10_000, 100_000
 FULL_RUN_SECONDS = 600
@@ -40,15 +40,15 @@ def median(figures: Figures, key: str, field: str) -> float | None:
 def ratio_at_least(value: float | None, limit: float | None, factor: float, unit: str, limit_name: str) -> Verdict | None:
     if value is None or not limit:
         return None
-    return Verdict(f"{value:,.1f} {unit} = {value / limit:.2f} × {limit_name} ({limit:,.1f})", value >= factor * limit)
+    return Verdict(f"{fmt(value)} {unit} = {value / limit:.2f} × {limit_name} ({fmt(limit)})", value >= factor * limit)
 
 
 def at_least(value: float | None, needed: float, unit: str) -> Verdict | None:
-    return None if value is None else Verdict(f"{value:,.1f} {unit}", value >= needed)
+    return None if value is None else Verdict(f"{fmt(value)} {unit}", value >= needed)
 
 
 def below(value: float | None, bound: float, unit: str) -> Verdict | None:
-    return None if value is None else Verdict(f"{value:,.1f} {unit}", value < bound)
+    return None if value is None else Verdict(f"{fmt(value)} {unit}", value < bound)
 
 
 def md5_ratio(key: str, field: str) -> Judge:
@@ -79,7 +79,7 @@ def scales(key: str, factor: float = 1.5) -> Judge:
         small, large = listing_figure(f, TEN_K, key, "per_s"), listing_figure(f, HUNDRED_K, key, "per_s")
         if not small or not large:
             return None
-        return Verdict(f"{large:,.1f} vs {small:,.1f} requests/s: {small / large:.2f} × slower", small / large <= factor)
+        return Verdict(f"{fmt(large)} vs {fmt(small)} requests/s: {small / large:.2f} × slower", small / large <= factor)
 
     return judge
 
