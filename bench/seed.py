@@ -41,17 +41,18 @@ async def template(session: Session) -> dict:
     return doc
 
 
-def documents(model: dict, owner: str, count: int) -> list[dict]:
-    """`count` copies of `model` for `owner`, each with its own identity, content and date."""
+def documents(model: dict, owner: str, first: int, count: int) -> list[dict]:
+    """Copies number `first` to `count - 1` of `model` for `owner`, each with its own identity,
+    content and date."""
     from bson import ObjectId
 
-    rng = random.Random(SEED)
+    rng = random.Random(SEED + first)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     kinds = [k for k, _, _ in BUCKET_KINDS]
     weights = [w for _, _, w in BUCKET_KINDS]
     extension = {k: e for k, e, _ in BUCKET_KINDS}
     docs = []
-    for i in range(count):
+    for i in range(first, count):
         kind = rng.choices(kinds, weights)[0]
         image = kind.startswith(("image/", "video/"))
         width, height = rng.choice([(4000, 3000), (1920, 1080), (1280, 960)]) if image else (None, None)
@@ -78,18 +79,22 @@ def documents(model: dict, owner: str, count: int) -> list[dict]:
     return docs
 
 
-async def many_files(session: Session, user: User, count: int) -> dict:
-    """`count` files of `user`'s; returns {"count", "used", "images"} as GET files/stats/ must report them."""
+async def grow(session: Session, user: User, have: dict, count: int) -> dict:
+    """Add files to `user`'s until there are `count`; `have` is what grow returned last time
+    (or {"count": 0, "used": 0, "images": 0}). Returns {"count", "used", "images"}, as GET
+    files/stats/ must report them."""
     from models.files import Files
 
-    docs = documents(await template(session), user.jid, count)
+    docs = documents(await template(session), user.jid, have["count"], count)
     started = time.perf_counter()
-    for start in range(0, count, BATCH):
+    for start in range(0, len(docs), BATCH):
         await session.db.files.insert_many(docs[start : start + BATCH], ordered=False)
     inserted = time.perf_counter()
-    used = sum(doc["size"] for doc in docs)
+    used = have["used"] + sum(doc["size"] for doc in docs)
     await session.db.users.update_one({"_id": user.jid}, {"$set": {"used": used}})
     await Files(session.db.files).recount(user.jid)
-    progress(f"seeded {count} files: inserted in {inserted - started:.1f} s, counters in {time.perf_counter() - inserted:.1f} s")
-    images = sum(1 for doc in docs if doc["media_type"].startswith("image/"))
+    progress(
+        f"seeded {len(docs)} files: inserted in {inserted - started:.1f} s, counters in {time.perf_counter() - inserted:.1f} s"
+    )
+    images = have["images"] + sum(1 for doc in docs if doc["media_type"].startswith("image/"))
     return {"count": count, "used": used, "images": images}

@@ -1,7 +1,6 @@
 """GET files/ (page 1, the middle page and the last page, default order) and GET files/stats/
-(plain, by media type, by date range) for an owner with many files, once for each size in
-plan.files (--files): each size is a new owner, seeded straight into the database
-(bench/seed.py)."""
+(plain, by media type, by date range) for an owner with many files, at each size of plan.files
+(--files): one owner, seeded straight into the database (bench/seed.py) up to each size in turn."""
 
 from __future__ import annotations
 
@@ -107,21 +106,25 @@ async def measure_route(session: Session, key: str, route: str, user: User, seed
     return with_summary(samples, route=route)
 
 
-async def measure_files(session: Session, files: int) -> dict:
-    """Seed an owner with `files` files, then measure every route for it."""
-    user = await session.new_user(f"many-{files}")
-    started = time.perf_counter()
-    seeded = await seed.many_files(session, user, files)
-    seconds = time.perf_counter() - started
-    progress(f"{files} files for one owner ready in {seconds:.1f} s")
-    found: dict = {"files": files, "seeded": seeded, "seed_seconds": seconds}
-    for key, route in routes(files).items():
+async def measure_files(session: Session, user: User, seeded: dict) -> dict:
+    """Every route for an owner with `seeded["count"]` files."""
+    found: dict = {"files": seeded["count"], "seeded": seeded}
+    for key, route in routes(seeded["count"]).items():
         found[key] = await measure_route(session, key, route, user, seeded)
     return found
 
 
 async def measure(session: Session) -> dict:
-    return {"listing": {str(files): await measure_files(session, files) for files in session.plan.files}}
+    """One owner, grown to each size of plan.files in turn (smallest first) and measured there."""
+    user = await session.new_user("many")
+    seeded, found = {"count": 0, "used": 0, "images": 0}, {}
+    for files in sorted(set(session.plan.files)):
+        started = time.perf_counter()
+        seeded = await seed.grow(session, user, seeded, files)
+        seconds = time.perf_counter() - started
+        progress(f"{files} files for one owner ready in {seconds:.1f} s")
+        found[str(files)] = {"seed_seconds": seconds} | await measure_files(session, user, seeded)
+    return {"listing": found}
 
 
 def rows(figures: Figures) -> list[Row]:
