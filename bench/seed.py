@@ -2,8 +2,8 @@
 API is far too slow for 100 000 of them).
 
 Each document is a copy of one the service itself wrote for a small upload (so its shape is
-exactly the service's), with its own id, slot, name, hashes, size, type and date (spread over a
-year). The owner's `used` is then set to the sum of the sizes, and the per-owner counters
+exactly the service's), with its own id (from the service's id sequence), slot, name, hashes,
+size, type, kind and date (spread over a year). The owner's `used` is then set to the sum of the sizes, and the per-owner counters
 (`file_counts`) are recomputed by the code fsck runs (`Files.recount`), so they are what the
 service would have kept."""
 
@@ -27,6 +27,9 @@ BUCKET_KINDS = [
     ("application/pdf", "pdf", 0.10),
     ("application/octet-stream", "bin", 0.10),
 ]
+MEDIA_TYPES = [media_type for media_type, _, _ in BUCKET_KINDS]
+WEIGHTS = [weight for _, _, weight in BUCKET_KINDS]
+EXTENSIONS = {media_type: extension for media_type, extension, _ in BUCKET_KINDS}
 SEED = 20261122
 BATCH = 1000
 
@@ -41,41 +44,48 @@ async def template(session: Session) -> dict:
     return doc
 
 
-def documents(model: dict, owner: str, first: int, count: int) -> list[dict]:
-    """Copies number `first` to `count - 1` of `model` for `owner`, each with its own identity,
-    content and date."""
-    from bson import ObjectId
+def document(model: dict, owner: str, number: int, file_id: int, rng: random.Random, now: dt.datetime) -> dict:
+    """Copy number `number` of `model` for `owner`: its own id, slot, name, content, type and date."""
+    from models.files import kind_of
 
+    media_type = rng.choices(MEDIA_TYPES, WEIGHTS)[0]
+    context = "voice" if media_type.startswith("audio/") else model.get("context")
+    image = media_type.startswith(("image/", "video/"))
+    width, height = rng.choice([(4000, 3000), (1920, 1080), (1280, 960)]) if image else (None, None)
+    doc = model | {
+        "_id": file_id,
+        "owner": owner,
+        "slot_id": secrets.token_urlsafe(18),
+        "name": f"file-{number:06d}.{EXTENSIONS[media_type]}",
+        "sha256": rng.randbytes(32).hex(),
+        "md5": rng.randbytes(16).hex(),
+        "size": rng.randint(1_000, 5_000_000),
+        "media_type": media_type,
+        "kind": kind_of(media_type, context),
+        "is_avatar": False,
+        "context": context,
+        "metadata": None,
+        "width": width,
+        "height": height,
+        "thumbnail": {"file": "thumb.jpg", "media_type": "image/jpeg", "width": 256, "height": 256} if image else None,
+        "created_at": now - dt.timedelta(seconds=rng.randint(0, 365 * 86400), milliseconds=rng.randint(0, 999)),
+    }
+    if "sha1" in model:
+        doc["sha1"] = rng.randbytes(20).hex()
+    return doc
+
+
+async def documents(session: Session, model: dict, owner: str, first: int, count: int) -> list[dict]:
+    """Copies number `first` to `count - 1` of `model` for `owner`, with ids from the service's
+    own sequence (one block of them, which the service then never hands out)."""
+    from models.sequences import IdSequence
+
+    ids = IdSequence(session.db.db["sequences"], "files", block=max(1, count - first))
     rng = random.Random(SEED + first)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    kinds = [k for k, _, _ in BUCKET_KINDS]
-    weights = [w for _, _, w in BUCKET_KINDS]
-    extension = {k: e for k, e, _ in BUCKET_KINDS}
-    docs = []
-    for i in range(first, count):
-        kind = rng.choices(kinds, weights)[0]
-        image = kind.startswith(("image/", "video/"))
-        width, height = rng.choice([(4000, 3000), (1920, 1080), (1280, 960)]) if image else (None, None)
-        docs.append(
-            model
-            | dict(
-                _id=ObjectId(),
-                owner=owner,
-                slot_id=secrets.token_urlsafe(18),
-                name=f"file-{i:05d}.{extension[kind]}",
-                sha256=rng.randbytes(32).hex(),
-                md5=rng.randbytes(16).hex(),
-                size=rng.randint(1_000, 5_000_000),
-                media_type=kind,
-                is_avatar=False,
-                context="voice" if kind.startswith("audio/") else "file",
-                metadata=None,
-                width=width,
-                height=height,
-                thumbnail={"file": "thumb.jpg", "media_type": "image/jpeg", "width": 256, "height": 256} if image else None,
-                created_at=now - dt.timedelta(seconds=rng.randint(0, 365 * 86400), milliseconds=rng.randint(0, 999)),
-            )
-        )
+    docs = [document(model, owner, number, await ids.next(), rng, now) for number in range(first, count)]
+    if docs and (differ := set(docs[0]) ^ set(model)):
+        raise BenchError(f"seeded files differ from the service's in {sorted(differ)}: bench/seed.py needs updating")
     return docs
 
 
@@ -85,7 +95,7 @@ async def grow(session: Session, user: User, have: dict, count: int) -> dict:
     files/stats/ must report them."""
     from models.files import Files
 
-    docs = documents(await template(session), user.jid, have["count"], count)
+    docs = await documents(session, await template(session), user.jid, have["count"], count)
     started = time.perf_counter()
     for start in range(0, len(docs), BATCH):
         await session.db.files.insert_many(docs[start : start + BATCH], ordered=False)
