@@ -26,6 +26,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "files": [
         IndexModel([("slot_id", ASCENDING)], unique=True),
         IndexModel([("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]),
+        IndexModel([("owner", ASCENDING), ("created_at", DESCENDING)]),
+        IndexModel([("owner", ASCENDING), ("media_type", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("sha1", ASCENDING)]),
@@ -33,6 +35,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("expires_at", ASCENDING)]),  # the expiry sweeper's query
         IndexModel([("owner", ASCENDING), ("expires_at", ASCENDING)]),  # when an owner's files free room
     ],
+    "file_counts": [IndexModel([("owner", ASCENDING), ("span", ASCENDING), ("key", ASCENDING)])],
     "blobs": [IndexModel([("refs", ASCENDING)])],
     "ratelimits": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
     "slots": [

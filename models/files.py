@@ -1,23 +1,28 @@
 """files: one owner's link to stored content. Every query here is scoped to an owner.
 
-Beside the `files` collection, `file_counts` keeps each owner's count and bytes per bucket
-(images, videos, voices, files, avatars), moved with an atomic $inc by every insert and delete
-made here and recomputed by fsck (`recount`), so unfiltered stats and list totals are one point
-read instead of a pass over the owner's files.
+Beside the `files` collection, `file_counts` keeps each owner's count and bytes per bucket and
+per cell (kind, avatar, media type's top level, context), for the whole account, per month and
+per day (models/counters.py), moved by one bulk $inc command with every insert and delete made
+here and recomputed by fsck (`recount`). Stats with those filters and any date range, and every
+newest- or oldest-first page, then read a bounded number of counter documents and at most about a
+page plus two hours of files, however many files the owner has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
 import re
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from models import counters as cn
+from models.counters import BUCKET_NAMES, KINDS, Segment, kind_of
 from models.criteria import SORT_FIELDS, Criteria, Page
 from models.db import utcnow
 from models.sequences import IdSequence
@@ -27,24 +32,12 @@ log = logging.getLogger("gallery.files")
 MIGRATING = "migrating:"  # the provisional slot_id of a file being given an integer id
 DIGEST_FIELDS = {32: "md5", 40: "sha1", 64: "sha256"}  # hex length -> field
 
-# The kinds a file is of (the API's `type` filter) and the stats bucket of each; avatars count in
-# their own bucket whatever their kind.
-KINDS = {"image": "images", "video": "videos", "audio": "audio", "voice": "voices", "file": "files"}
-BUCKET_NAMES = (*KINDS.values(), "avatars")
-_PREFIXES = (("image/", "image"), ("video/", "video"), ("audio/", "audio"))
-# Newest-first pages are read through a window on created_at that grows until it holds the page:
-# the first spans this long, each next one up to 64 times longer, at most this many, never before
-# WINDOW_FLOOR; past that, one plain sorted query.
-FIRST_WINDOW = dt.timedelta(days=1)
-MAX_WINDOWS = 5
-WINDOW_FLOOR = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def kind_of(media_type: str, context: str | None) -> str:
-    """A file's kind: a voice message by its context, else by its media type's top level."""
-    if context == "voice":
-        return "voice"
-    return next((kind for prefix, kind in _PREFIXES if media_type.startswith(prefix)), "file")
+# The kinds a file is of (the API's `type` filter, KINDS: the stats bucket of each) live in
+# models/counters.py; avatars count in their own bucket whatever their kind.
+MARKER = "#counters"  # in file_counts: the counters have the shape this version keeps (cells, spans)
+COUNTER_VERSION = 2
+ORDERS = {(("created_at", -1),): -1, (("created_at", 1),): 1}  # the orders the counters page
+_COUNTED = {"owner": 1, "size": 1, "kind": 1, "is_avatar": 1, "media_type": 1, "context": 1, "created_at": 1}
 
 
 def bucket_of(doc: dict) -> str:
@@ -110,6 +103,23 @@ def query(owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:
     return q
 
 
+def _bounds(criteria: Criteria) -> tuple[dt.datetime, dt.datetime]:
+    """The criteria's dates as a half-open range [a, b) at the database's millisecond precision
+    (a bare date as an upper bound is already the day's last millisecond)."""
+    a = max(criteria.date_gte or cn.EPOCH, cn.EPOCH)
+    if criteria.date_lte is None:
+        return a, cn.FAR
+    lte = criteria.date_lte.astimezone(dt.UTC)
+    b = lte.replace(microsecond=lte.microsecond // 1000 * 1000) + cn.MS
+    return a, max(a, min(b, cn.FAR))
+
+
+def _whole_days(t: dt.datetime, low: dt.datetime, high: dt.datetime) -> bool:
+    """Is the day of `t` inside [low, high) whole (or out of it)?"""
+    start = cn.day_start(t)
+    return start >= low and start + cn.DAY <= high
+
+
 class Files:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
@@ -122,7 +132,7 @@ class Files:
             if "slot_id" in str(exc):
                 raise SlotTaken(doc["slot_id"]) from None
             raise
-        await self._count(doc["owner"], bucket_of(doc), 1, doc["size"])
+        await self._count(doc, 1)
 
     async def migrate(self, ids: IdSequence) -> int:
         """Bring files written before integer ids over, once (start-up and fsck run it): each gets
@@ -142,8 +152,9 @@ class Files:
             await self.c.delete_one({"_id": ObjectId(copy["slot_id"].removeprefix(MIGRATING))})
             await self.c.update_one({"_id": copy["_id"]}, {"$set": {"slot_id": copy["slot"]}, "$unset": {"slot": ""}})
             moved += 1
-        if moved:
-            await self.recount()
+        if moved or await self.counters.find_one({"_id": MARKER, "v": COUNTER_VERSION}) is None:
+            await self.recount()  # files moved, or counters kept by an earlier version
+            await self.counters.replace_one({"_id": MARKER}, {"v": COUNTER_VERSION}, upsert=True)
         return moved
 
     async def by_slot(self, slot_id: str, now: dt.datetime | None = None) -> dict | None:
@@ -182,6 +193,11 @@ class Files:
         return doc if doc is not None and doc["size"] == size else None
 
     async def page(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None) -> tuple[int, list[dict]]:
+        direction = ORDERS.get(tuple(page.order))
+        if direction is not None and cn.countable(criteria):
+            return await self._counted_page(owner, criteria, page, is_avatar, direction)
+        # Other orders and selections (ids, sizes, a full media type): the total by a count and
+        # the page by a sorted read of every match.
         q = query(owner, criteria, is_avatar)
         if criteria.empty:  # unfiltered: the total is the owner's counter
             counts = await self.counts(owner)
@@ -192,44 +208,126 @@ class Files:
         sort = [(SORT_FIELDS[name], ASCENDING if direction > 0 else DESCENDING) for name, direction in page.order]
         if not any(key == "_id" for key, _ in sort):
             sort.append(("_id", sort[-1][1] if sort else DESCENDING))
-        skip = page.skip
-        if skip >= total:
+        if page.skip >= total:
             return total, []
-        if page.newest_first and criteria.dates_only:
-            return total, await self._newest_first(q, sort, skip, min(skip + page.per_page, total))
-        cursor = self.c.find(q).sort(sort).skip(skip).limit(page.per_page)
+        cursor = self.c.find(q).sort(sort).skip(page.skip).limit(page.per_page)
         return total, await cursor.to_list()
 
-    async def _newest_first(self, q: dict, sort: list[tuple[str, int]], skip: int, need: int) -> list[dict]:
-        """The newest `need` files matching `q`, from the `skip`-th on, read through a window
-        [lower, now] on created_at that grows until it holds `need` files: every file outside it
-        is older than every file inside, so its newest `need` are the answer. The window rides
-        the (owner, is_avatar, created_at) index, so page 1 reads about a page of documents even
-        where the database sorts in memory and applies `limit` after reading every match
-        (SecantusDB); on MongoDB it is the same index scan a plain sort + limit makes."""
-        bounds = dict(q.get("created_at") or {})
-        floor = max(bounds.get("$gte") or WINDOW_FLOOR, WINDOW_FLOOR)
-        newest = bounds.get("$lte") or utcnow()
-        span = FIRST_WINDOW
-        for _ in range(MAX_WINDOWS):
-            lower = newest - span
-            if lower <= floor:
+    async def _counted_page(
+        self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None, direction: int
+    ) -> tuple[int, list[dict]]:
+        """A newest- (-1) or oldest-first (1) page through the counters: the segments of the
+        time line say how many files precede each; the page's first and last positions are cut
+        down to hours (or the pieces of an hour at the range's ends), and one read of that
+        created_at range, sorted, skipping what precedes the page within it, is the page."""
+        a, b = _bounds(criteria)
+        match = cn.cell_filter(criteria, is_avatar)
+        segments = await self._segments(owner, criteria, is_avatar, a, b)
+        total = sum(s.n for s in segments)
+        first = page.skip
+        if first >= total:
+            return total, []
+        last = min(first + page.per_page, total) - 1
+        while True:
+            ordered = segments if direction > 0 else segments[::-1]
+            ends, before, seen = [], 0, 0
+            for index, segment in enumerate(ordered):
+                if seen <= first < seen + segment.n:
+                    ends.append(index)
+                    before = seen
+                if seen <= last < seen + segment.n:
+                    ends.append(index)
+                    break
+                seen += segment.n
+            coarse = {ordered[i].start for i in ends if ordered[i].level in "md"}
+            if not coarse:
                 break
-            window = {**q, "created_at": {**bounds, "$gte": lower}}
-            docs = await self.c.find(window).sort(sort).limit(need).to_list()
-            if len(docs) >= need:
-                return docs[skip:]
-            span *= min(64, max(4, 2 * need // max(len(docs), 1)))  # aim past `need` by about 2x
-        return await self.c.find(q).sort(sort).skip(skip).limit(need - skip).to_list()
+            segments = await self._finer(owner, segments, coarse, match)
+        if not ends:  # counters that disagree with themselves (until fsck): nothing to show there
+            return total, []
+        chosen = ordered[ends[0] : ends[-1] + 1]
+        low, high = min(s.start for s in chosen), max(s.end for s in chosen)
+        q = {**query(owner, criteria, is_avatar), "created_at": {"$gte": low, "$lt": high}}
+        order = ASCENDING if direction > 0 else DESCENDING
+        cursor = self.c.find(q).sort([("created_at", order), ("_id", order)]).skip(first - before).limit(last - first + 1)
+        return total, await cursor.to_list()
+
+    async def _finer(self, owner: str, segments: list[Segment], starts: set, match) -> list[Segment]:
+        """The segments with the months and days that start at `starts` cut into days and
+        hours (a day's hours are one read of its counter document)."""
+        out: list[Segment] = []
+        days = [s for s in segments if s.start in starts and s.level == "d"]
+        docs = {}
+        if days:
+            ids = [cn.day_id(owner, s.start) for s in days]
+            docs = {d["_id"]: d async for d in self.counters.find({"_id": {"$in": ids}})}
+        for segment in segments:
+            if segment.start not in starts or segment.level not in "md":
+                out.append(segment)
+            elif segment.level == "m":
+                out += cn.day_segments(segment.start, segment.days or {}, segment.start, segment.end, match)
+            else:
+                doc = docs.get(cn.day_id(owner, segment.start))
+                out += cn.hour_segments(doc, segment.start, segment.end, match) if doc else []
+        return sorted((s for s in out if s.n), key=lambda s: s.start)
+
+    async def _segments(
+        self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime
+    ) -> list[Segment]:
+        """[a, b) cut into whole months, whole days, whole hours and the pieces of an hour at its
+        ends, each with what matches in it, oldest first, the empty ones left out: one range read
+        of the month counters, at most two day counters by _id, and at most two reads of an hour
+        of files."""
+        match = cn.cell_filter(criteria, is_avatar)
+        low, high = cn.ceil_hour(a), cn.hour_start(b)
+        if low >= high:
+            return [s for s in [await self._raw(owner, criteria, is_avatar, a, b)] if s.n]
+        months_q = {"owner": owner, "span": "m", "key": {"$gte": cn.month_key(low), "$lte": cn.month_key(high - cn.MS)}}
+        partial = sorted({cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)})
+        reads = [self.counters.find(months_q).to_list(), self.counters.find({"_id": {"$in": partial}}).to_list()]
+        raws = [(a, low), (high, b)]
+        results = await asyncio.gather(*reads, *(self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y))
+        months, days, edges = results[0], results[1], results[2:]
+        segments: list[Segment] = list(edges)
+        for doc in months:
+            segments += cn.month_segments(doc, low, high, match)
+        for doc in days:
+            segments += cn.hour_segments(doc, low, high, match)
+        return sorted((s for s in segments if s.n), key=lambda s: s.start)
+
+    async def _raw(self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime) -> Segment:
+        """A piece of at most an hour or two, counted in `files` (index range on created_at)."""
+        q = {**query(owner, criteria, is_avatar), "created_at": {"$gte": a, "$lt": b}}
+        segment = Segment(a, b, "r")
+        cn.add_files(segment.buckets, await self.c.find(q, _COUNTED).to_list())
+        return segment
 
     async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:
         """The ids of `owner`'s oldest matching files whose sizes together first reach `target`
-        bytes (all of them when they never do), read oldest first, id and size only."""
+        bytes (all of them when they never do), read oldest first, id and size only. The counters
+        say in which hour the sum reaches `target`: only the files before its end are read."""
         chosen: list[int] = []
         total = 0
         if target <= 0:
             return chosen
-        cursor = self.c.find(query(owner, criteria, is_avatar), {"size": 1}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        high = cn.FAR
+        if cn.countable(criteria):
+            match = cn.cell_filter(criteria, is_avatar)
+            segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria))
+            while True:
+                reached, used = None, 0
+                for segment in segments:
+                    used += segment.used
+                    if used >= target:
+                        reached = segment
+                        break
+                if reached is None or reached.level not in "md":
+                    break
+                segments = await self._finer(owner, segments, {reached.start}, match)
+            high = cn.FAR if reached is None else reached.end
+        q = query(owner, criteria, is_avatar)
+        q["created_at"] = {**q.get("created_at", {}), "$lt": high}
+        cursor = self.c.find(q, {"size": 1}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
         async for doc in cursor:
             chosen.append(doc["_id"])
             total += doc["size"]
@@ -247,26 +345,26 @@ class Files:
         # find + delete rather than find_one_and_delete: SecantusDB runs findAndModify as a scan
         # of the whole collection. Of two concurrent deletes only one deletes, and only it counts.
         q = {"_id": file_id, "owner": owner}
-        doc = await self.c.find_one(q, {"size": 1, "media_type": 1, "is_avatar": 1, "kind": 1, "context": 1})
+        doc = await self.c.find_one(q, _COUNTED)
         if doc is None or (await self.c.delete_one(q)).deleted_count != 1:
             return False
-        await self._count(owner, bucket_of(doc), -1, -doc["size"])
+        await self._count(doc, -1)
         return True
 
     # -- per-owner counters ---------------------------------------------------------------
-    async def _count(self, owner: str, bucket: str, count: int, size: int) -> None:
-        """Move one owner's counters. The file change it follows has happened, so a failure here
-        is logged, not raised: the counters are then off until fsck recomputes them."""
+    async def _count(self, doc: dict, sign: int) -> None:
+        """Move the owner's counters for one file inserted (+1) or deleted (-1): one bulk command
+        of three upserts (account, month, day). The file change it follows has happened, so a
+        failure here is logged, not raised: the counters are then off until fsck recomputes them."""
         try:
-            await self.counters.update_one(
-                {"_id": owner}, {"$inc": {f"{bucket}.count": count, f"{bucket}.used": size}}, upsert=True
-            )
+            ops = [UpdateOne(where, update, upsert=True) for where, update in cn.increments(doc, sign)]
+            await self.counters.bulk_write(ops, ordered=False)
         except PyMongoError as exc:
-            log.warning("file counters of %s not updated (fsck recomputes them): %s", owner, exc)
+            log.warning("file counters of %s not updated (fsck recomputes them): %s", doc.get("owner"), exc)
 
     async def counts(self, owner: str) -> dict[str, dict[str, int]]:
         """{bucket: {"count", "used"}} for one owner, from the counters (one point read)."""
-        doc = await self.counters.find_one({"_id": owner}) or {}
+        doc = await self.counters.find_one({"_id": owner}, {name: 1 for name in BUCKET_NAMES}) or {}
         counts = _zero_counts()
         for name, value in counts.items():
             stored = doc.get(name) or {}
@@ -274,36 +372,51 @@ class Files:
         return counts
 
     async def recount(self, owner: str | None = None) -> int:
-        """fsck: recompute the counters from `files` (of one owner, or of all); returns how many
-        owners' counters were wrong."""
-        pipeline: list[dict] = [
-            {
-                "$group": {
-                    "_id": {"o": "$owner", "is_avatar": "$is_avatar", "kind": "$kind"},
-                    "n": {"$sum": 1},
-                    "b": {"$sum": "$size"},
-                }
-            }
-        ]
-        if owner is not None:
-            pipeline.insert(0, {"$match": {"owner": owner}})
-        actual: dict[str, dict[str, dict[str, int]]] = {}
-        async for row in await self.c.aggregate(pipeline):
-            key = row["_id"]
-            bucket = actual.setdefault(key["o"], _zero_counts())[bucket_of(key)]
-            bucket["count"] += row["n"]
-            bucket["used"] += row["b"]
-        stored = [doc["_id"] async for doc in self.counters.find({} if owner is None else {"_id": owner}, {"_id": 1})]
-        fixed = 0
-        for name in actual.keys() | set(stored):
-            want = actual.get(name, _zero_counts())
-            if await self.counts(name) != want:
-                await self.counters.replace_one({"_id": name}, want, upsert=True)
-                fixed += 1
-        return fixed
+        """fsck: recompute every counter document from `files` (of one owner, or of all) and
+        correct those that differ; returns how many owners' counters were wrong."""
+        where = {} if owner is None else {"owner": owner}
+        want = cn.build(await self.c.find(where, _COUNTED).to_list())
+        stored_q = {"_id": {"$ne": MARKER}} if owner is None else {"$or": [{"_id": owner}, {"owner": owner}]}
+        stored = {doc["_id"]: doc async for doc in self.counters.find(stored_q)}
+        wrong: set[str] = set()
+        for key in want.keys() | stored.keys():
+            wanted, have = want.get(key), stored.get(key)
+            have = None if have is None else cn.normal(have)
+            if wanted == have:
+                continue
+            if wanted is None:
+                await self.counters.delete_one({"_id": key})
+                if not cn.counts_nothing(have):
+                    wrong.add(key.split("/")[0])
+            else:
+                await self.counters.replace_one({"_id": key}, wanted, upsert=True)
+                wrong.add(key.split("/")[0])
+        return len(wrong)
 
-    async def usage(self, owner: str, criteria: Criteria) -> list[dict]:
-        """Count and bytes per stats bucket among `owner`'s files that match."""
+    async def usage(self, owner: str, criteria: Criteria) -> dict[str, dict[str, int]]:
+        """Count and bytes per stats bucket among `owner`'s files that match: from the counters
+        (the account document, or the segments of the date range) when they can answer it, else
+        by an aggregation over the matching files."""
+        is_avatar = None if criteria.contexts is None or "avatar" in criteria.contexts else False
+        if not cn.countable(criteria):
+            return await self.scan_usage(owner, criteria)
+        buckets: dict[str, list[int]] = {}
+        if criteria.date_gte is None and criteria.date_lte is None:
+            doc = await self.counters.find_one({"_id": owner}, {"cells": 1}) or {}
+            cn.add_cells(buckets, doc.get("cells") or {}, cn.cell_filter(criteria, is_avatar))
+        else:
+            for segment in await self._segments(owner, criteria, is_avatar, *_bounds(criteria)):
+                for name, (n, b) in segment.buckets.items():
+                    slot = buckets.setdefault(name, [0, 0])
+                    slot[0] += n
+                    slot[1] += b
+        counts = _zero_counts()
+        for name, (n, b) in buckets.items():
+            counts[name] = {"count": n, "used": b}
+        return counts
+
+    async def scan_usage(self, owner: str, criteria: Criteria) -> dict[str, dict[str, int]]:
+        """`usage` by an aggregation over the matching files (and the check of the counters)."""
         is_avatar = None if criteria.contexts is None or "avatar" in criteria.contexts else False
         pipeline = [
             {"$match": query(owner, criteria, is_avatar)},

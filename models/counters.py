@@ -1,0 +1,297 @@
+"""file_counts: each owner's files counted per cell, in three spans, so that stats with any
+bucket-level filter and any page of a listing read a bounded number of small documents.
+
+A *cell* is what a file is as far as the filters that the counters answer go: its kind, whether it
+is an avatar, the top level of its media type and its context. Three kinds of document hold the
+count (`n`) and bytes (`b`) per cell; all live in `file_counts`, so one insert or delete moves them
+with one bulk command:
+
+- `{_id: owner}`: the owner's whole account: the stats buckets (`images.count`, …) and `cells`.
+- `{_id: "owner/YYYY-MM", span: "m"}`: one calendar month (UTC): `cells`, and `days.DD.<cell>`.
+- `{_id: "owner/YYYY-MM-DD", span: "d"}`: one day: `hours.HH.<cell>`.
+
+A date range [a, b) is cut into whole months, whole days, whole hours and at most two pieces of an
+hour at its ends (`segments`); the whole ones are read from the counters (one range read of the
+month documents, at most two day documents by _id) and the pieces from `files` through the
+(owner, is_avatar, created_at) or (owner, created_at) index, an hour of files at most. A bare JID
+never holds "/", so the _ids cannot collide across owners.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from models.criteria import Criteria
+
+# The counters' time line starts here: nothing the service stores is older.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+FAR = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+DAY = dt.timedelta(days=1)
+MS = dt.timedelta(milliseconds=1)
+
+KINDS = {"image": "images", "video": "videos", "audio": "audio", "voice": "voices", "file": "files"}
+BUCKET_NAMES = (*KINDS.values(), "avatars")
+_PREFIXES = (("image/", "image"), ("video/", "video"), ("audio/", "audio"))
+
+
+def kind_of(media_type: str, context: str | None) -> str:
+    """A file's kind: a voice message by its context, else by its media type's top level."""
+    if context == "voice":
+        return "voice"
+    return next((kind for prefix, kind in _PREFIXES if media_type.startswith(prefix)), "file")
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str
+    avatar: bool
+    major: str | None  # the media type's top level (`image` of `image/png`); None: no "/"
+    context: str | None
+
+    @classmethod
+    def of(cls, doc: dict) -> Cell:
+        media_type = doc.get("media_type") or ""
+        major, slash, _ = media_type.partition("/")
+        kind = doc.get("kind") or kind_of(media_type, doc.get("context"))
+        return cls(kind, bool(doc.get("is_avatar")), major if slash else None, doc.get("context"))
+
+    @property
+    def key(self) -> str:
+        """The cell as a field name: no ".", no leading "$" (allowed on every MongoDB)."""
+        major = "~" if self.major is None else "=" + _escape(self.major)
+        context = "~" if self.context is None else "=" + _escape(self.context)
+        return f"{self.kind}|{int(self.avatar)}|{major}|{context}"
+
+    @classmethod
+    def parse(cls, key: str) -> Cell:
+        kind, avatar, major, context = key.split("|")
+        return cls(kind, avatar == "1", _unescape(major), _unescape(context))
+
+    @property
+    def bucket(self) -> str:
+        return "avatars" if self.avatar else KINDS.get(self.kind, "files")
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace(".", "%2E").replace("$", "%24").replace("|", "%7C")
+
+
+def _unescape(part: str) -> str | None:
+    if part == "~":
+        return None
+    return part[1:].replace("%7C", "|").replace("%24", "$").replace("%2E", ".").replace("%25", "%")
+
+
+def countable(criteria: Criteria) -> bool:
+    """Can the counters answer this selection? Not for ids, a slot, sizes, or a full media type
+    (`image/png`): those go to `files` through an index."""
+    return (
+        criteria.ids is None
+        and criteria.slot_id is None
+        and criteria.size_gte is None
+        and criteria.size_lte is None
+        and (not criteria.media_type or "/" not in criteria.media_type)
+    )
+
+
+def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Callable[[Cell], bool]:
+    """The cells that `models.files.query(owner, criteria, is_avatar)` selects, dates aside; keep
+    the two in step."""
+    named = None if criteria.contexts is None else set(criteria.contexts)
+    if named is not None and "avatar" in named and is_avatar is False:
+        is_avatar = None
+    types = None if criteria.types is None else set(criteria.types)
+    major = criteria.media_type or None
+
+    def match(cell: Cell) -> bool:
+        if named is not None and not (cell.context in named or (cell.context is None and "file" in named)):
+            return False
+        if is_avatar is not None and cell.avatar != is_avatar:
+            return False
+        if types is not None and cell.kind not in types:
+            return False
+        return major is None or cell.major == major
+
+    return match
+
+
+# -- keys and spans --------------------------------------------------------------------------
+def month_key(t: dt.datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}"
+
+
+def month_start(t: dt.datetime) -> dt.datetime:
+    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(t: dt.datetime) -> dt.datetime:
+    start = month_start(t)
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+def day_start(t: dt.datetime) -> dt.datetime:
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def hour_start(t: dt.datetime) -> dt.datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(t: dt.datetime) -> dt.datetime:
+    start = hour_start(t)
+    return start if start == t else start + HOUR
+
+
+def month_id(owner: str, t: dt.datetime) -> str:
+    return f"{owner}/{month_key(t)}"
+
+
+def day_id(owner: str, t: dt.datetime) -> str:
+    return f"{owner}/{t:%Y-%m-%d}"
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+
+
+def increments(doc: dict, sign: int) -> list[tuple[dict, dict]]:
+    """(filter, update) for each counter document a file's insert (+1) or delete (-1) moves."""
+    owner, size = doc["owner"], doc["size"] * sign
+    cell = Cell.of(doc)
+    key = cell.key
+    at = _utc(doc["created_at"])
+    total = {f"{cell.bucket}.count": sign, f"{cell.bucket}.used": size, f"cells.{key}.n": sign, f"cells.{key}.b": size}
+    day = f"{at.day:02d}"
+    month = {f"cells.{key}.n": sign, f"cells.{key}.b": size, f"days.{day}.{key}.n": sign, f"days.{day}.{key}.b": size}
+    hour = f"{at.hour:02d}"
+    daily = {f"hours.{hour}.{key}.n": sign, f"hours.{hour}.{key}.b": size}
+    return [
+        ({"_id": owner}, {"$inc": total, "$setOnInsert": {"owner": owner, "span": "a"}}),
+        ({"_id": month_id(owner, at)}, {"$inc": month, "$setOnInsert": {"owner": owner, "span": "m", "key": month_key(at)}}),
+        ({"_id": day_id(owner, at)}, {"$inc": daily, "$setOnInsert": {"owner": owner, "span": "d", "key": f"{at:%Y-%m-%d}"}}),
+    ]
+
+
+def build(docs: Iterable[dict]) -> dict[str, dict]:
+    """fsck: every counter document, by _id, computed from files (fields as `increments` moves
+    them, cells that count nothing left out)."""
+    out: dict[str, dict] = {}
+    for doc in docs:
+        for where, update in increments(doc, 1):
+            target = out.setdefault(where["_id"], {"_id": where["_id"], **update["$setOnInsert"]})
+            for path, value in update["$inc"].items():
+                node = target
+                *parents, leaf = path.split(".")
+                for name in parents:
+                    node = node.setdefault(name, {})
+                node[leaf] = node.get(leaf, 0) + value
+    return {key: normal(doc) for key, doc in out.items()}
+
+
+def normal(doc: dict) -> dict:
+    """A counter document without the cells that count nothing (a delete leaves zeros behind),
+    for comparing what is stored with what `build` computes."""
+
+    def clean(node: dict, depth: int) -> dict:
+        result = {}
+        for name, value in node.items():
+            if isinstance(value, dict):
+                inner = clean(value, depth + 1)
+                if inner:
+                    result[name] = inner
+            elif depth == 0 or value:
+                result[name] = value
+        return result
+
+    cleaned = clean(doc, 0)
+    for name in BUCKET_NAMES:  # the account document always shows its buckets
+        if cleaned.get("span") == "a" or "/" not in str(cleaned.get("_id")):
+            stored = doc.get(name) or {}
+            cleaned[name] = {"count": int(stored.get("count", 0)), "used": int(stored.get("used", 0))}
+    return cleaned
+
+
+def counts_nothing(doc: dict | None) -> bool:
+    """A counter document (normalised) that counts no file."""
+    if doc is None:
+        return True
+    return not any(doc.get(name) for name in ("cells", "days", "hours")) and not any(
+        (doc.get(name) or {}).get("count") or (doc.get(name) or {}).get("used") for name in BUCKET_NAMES
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------
+@dataclass
+class Segment:
+    """A piece of the time line [start, end) and what matches in it. `days`: a whole month's
+    per-day cells, to cut it finer; `level`: m(onth), d(ay), h(our) or r(aw: counted in files)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    level: str
+    buckets: dict[str, list[int]] = field(default_factory=dict)
+    days: dict | None = None
+
+    @property
+    def n(self) -> int:
+        return sum(value[0] for value in self.buckets.values())
+
+    @property
+    def used(self) -> int:
+        return sum(value[1] for value in self.buckets.values())
+
+
+def add_cells(buckets: dict[str, list[int]], cells: dict, match: Callable[[Cell], bool]) -> None:
+    for key, value in (cells or {}).items():
+        cell = Cell.parse(key)
+        if match(cell):
+            n, b = int(value.get("n", 0)), int(value.get("b", 0))
+            if n or b:
+                slot = buckets.setdefault(cell.bucket, [0, 0])
+                slot[0] += n
+                slot[1] += b
+
+
+def add_files(buckets: dict[str, list[int]], docs: Iterable[dict]) -> None:
+    for doc in docs:
+        slot = buckets.setdefault(Cell.of(doc).bucket, [0, 0])
+        slot[0] += 1
+        slot[1] += doc["size"]
+
+
+def month_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
+    """What one month document says about [a, b) (a and b on hours): the month whole, or its
+    whole days inside the range. Days cut by a or b are left to the day documents."""
+    start = dt.datetime.strptime(doc["key"], "%Y-%m").replace(tzinfo=dt.UTC)
+    end = next_month(start)
+    if a <= start and end <= b:
+        segment = Segment(start, end, "m", days=doc.get("days") or {})
+        add_cells(segment.buckets, doc.get("cells") or {}, match)
+        return [segment]
+    return day_segments(start, doc.get("days") or {}, a, b, match)
+
+
+def day_segments(month: dt.datetime, days: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
+    out = []
+    for name, cells in days.items():
+        start = month.replace(day=int(name))
+        if a <= start and start + DAY <= b:
+            segment = Segment(start, start + DAY, "d")
+            add_cells(segment.buckets, cells, match)
+            out.append(segment)
+    return out
+
+
+def hour_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
+    day = dt.datetime.strptime(doc["key"], "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    out = []
+    for name, cells in (doc.get("hours") or {}).items():
+        start = day.replace(hour=int(name))
+        if a <= start and start + HOUR <= b:
+            segment = Segment(start, start + HOUR, "h")
+            add_cells(segment.buckets, cells, match)
+            out.append(segment)
+    return out

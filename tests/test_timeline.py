@@ -1,0 +1,181 @@
+"""The month/day/hour file counters (models/counters.py) against a brute-force pass over the same
+files: stats with every counter-answered filter and date ranges cut anywhere (inside an hour,
+across days and months), every newest- and oldest-first page, and `oldest_reaching`; fsck
+rebuilds every counter document from `files`. Files are written by the model itself (inserts
+and deletes move the counters) over many days, with shared timestamps. Real database server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from models.counters import Cell, counts_nothing, normal
+from models.criteria import Criteria, Page
+from models.files import query
+
+OWNER = "tl@example.org"
+NOW = dt.datetime(2026, 3, 15, 12, 30, tzinfo=dt.UTC)
+TYPES = [("image/png", None), ("image/jpeg", "chat"), ("video/webm", None), ("audio/ogg", "voice"), ("audio/ogg", None)]
+TYPES += [("application/pdf", "chat"), ("text/plain", None), ("image/webp", "avatar"), ("application/x.odd", "a.b$|%")]
+
+
+def _doc(file_id: int, at: dt.datetime, rng: random.Random) -> dict:
+    media_type, context = rng.choice(TYPES)
+    kind = Cell.of({"media_type": media_type, "context": context}).kind
+    return {
+        "_id": file_id,
+        "owner": OWNER,
+        "slot_id": f"s{file_id}",
+        "name": f"f{file_id}",
+        "sha256": f"{file_id:064x}",
+        "md5": f"{file_id:032x}",
+        "size": rng.randint(1, 5000),
+        "media_type": media_type,
+        "kind": kind,
+        "is_avatar": context == "avatar",
+        "context": context,
+        "created_at": at,
+    }
+
+
+async def _seed(parts, count: int = 260) -> list[dict]:
+    """Files from minutes to two years back, in clumps (a few share a millisecond), some deleted."""
+    rng = random.Random(13)
+    files = parts.files
+    docs = []
+    for i in range(1, count + 1):
+        if i % 9 == 0 and docs:
+            at = docs[-1]["created_at"]  # the same timestamp as another file
+        else:
+            at = NOW - dt.timedelta(minutes=rng.choice([rng.randint(0, 300), rng.randint(0, 90 * 1440), rng.randint(0, 730 * 1440)]))
+            at = at.replace(microsecond=rng.randint(0, 999) * 1000)
+        doc = _doc(i, at, rng)
+        await files.insert(doc)
+        docs.append(doc)
+    for doc in docs[::17]:
+        assert await files.delete(OWNER, doc["_id"])
+    gone = {doc["_id"] for doc in docs[::17]}
+    return [doc for doc in docs if doc["_id"] not in gone]
+
+
+def _brute(docs: list[dict], criteria: Criteria, is_avatar: bool | None) -> list[dict]:
+    """The files `query` selects, matched here in Python (only the fields the counters cover)."""
+    q = query(OWNER, criteria, is_avatar)
+    out = []
+    for doc in docs:
+        if "is_avatar" in q and doc["is_avatar"] != q["is_avatar"]:
+            continue
+        if "context" in q and doc["context"] not in q["context"]["$in"]:
+            continue
+        if "kind" in q and doc["kind"] not in q["kind"]["$in"]:
+            continue
+        if criteria.media_type and not doc["media_type"].startswith(criteria.media_type + "/"):
+            continue
+        at = doc["created_at"]
+        if (criteria.date_gte and at < criteria.date_gte) or (criteria.date_lte and at > criteria.date_lte):
+            continue
+        out.append(doc)
+    return out
+
+
+def _bucket_sums(docs: list[dict]) -> dict:
+    sums: dict = {}
+    for doc in docs:
+        slot = sums.setdefault(Cell.of(doc).bucket, {"count": 0, "used": 0})
+        slot["count"] += 1
+        slot["used"] += doc["size"]
+    return sums
+
+
+def _nonzero(counts: dict) -> dict:
+    return {name: value for name, value in counts.items() if value["count"] or value["used"]}
+
+
+RANGES = [
+    (None, None),
+    (NOW - dt.timedelta(minutes=50), None),  # inside the current hour and the one before
+    (NOW - dt.timedelta(minutes=20), NOW - dt.timedelta(minutes=5)),  # within one hour
+    (NOW - dt.timedelta(days=3, minutes=7), NOW - dt.timedelta(hours=5, seconds=3)),  # hours and days
+    (NOW - dt.timedelta(days=400, hours=3, minutes=1), NOW - dt.timedelta(days=35, minutes=13)),  # months
+    (dt.datetime(2025, 2, 1, tzinfo=dt.UTC), dt.datetime(2025, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC)),  # whole months
+    (dt.datetime(2025, 6, 3, tzinfo=dt.UTC), dt.datetime(2025, 6, 3, 23, 59, 59, 999000, tzinfo=dt.UTC)),  # one whole day
+    (None, NOW - dt.timedelta(days=200, microseconds=1500)),
+]
+FILTERS = [
+    Criteria(),
+    Criteria(media_type="image"),
+    Criteria(media_type="application"),
+    Criteria(types=["audio", "voice"]),
+    Criteria(types=["image"], contexts=["chat", "file"]),
+    Criteria(contexts=["avatar"]),
+    Criteria(contexts=["a.b$|%"]),
+    Criteria(contexts=["file"], media_type="audio"),
+]
+
+
+async def test_stats_equal_a_brute_force_count(parts):
+    docs = await _seed(parts)
+    for gte, lte in RANGES:
+        for base in FILTERS:
+            criteria = Criteria(**{**vars(base), "date_gte": gte, "date_lte": lte})
+            is_avatar = None if criteria.contexts is None or "avatar" in criteria.contexts else False
+            want = _bucket_sums(_brute(docs, criteria, is_avatar))
+            assert _nonzero(await parts.files.usage(OWNER, criteria)) == want, (criteria, gte, lte)
+            assert _nonzero(await parts.files.scan_usage(OWNER, criteria)) == want, (criteria, gte, lte)
+    # a full media type is not in the counters: answered from files, the same way
+    full = Criteria(media_type="image/png", date_gte=RANGES[4][0])
+    want = _bucket_sums([d for d in docs if d["media_type"] == "image/png" and d["created_at"] >= full.date_gte])
+    assert want and _nonzero(await parts.files.usage(OWNER, full)) == want
+
+
+async def test_every_page_is_the_slice_of_the_full_order(parts):
+    docs = await _seed(parts)
+    for gte, lte in RANGES[:5]:
+        for base in (Criteria(), Criteria(types=["image", "file"]), Criteria(contexts=["chat"])):
+            criteria = Criteria(**{**vars(base), "date_gte": gte, "date_lte": lte})
+            for direction in (-1, 1):
+                matching = _brute(docs, criteria, False)
+                full = [d["_id"] for d in sorted(matching, key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)]
+                for per_page in (1, 7, 50):
+                    pages = -(-len(full) // per_page)
+                    for number in {1, 2, pages // 2, max(pages - 1, 1), pages, pages + 1}:
+                        page = Page(number, per_page, [("created_at", direction)])
+                        total, got = await parts.files.page(OWNER, criteria, page, False)
+                        want = full[(number - 1) * per_page : number * per_page]
+                        assert total == len(full)
+                        assert [d["_id"] for d in got] == want, (criteria, direction, per_page, number)
+
+
+async def test_oldest_reaching_reads_to_the_hour_it_needs(parts):
+    docs = await _seed(parts)
+    oldest = sorted((d for d in docs if not d["is_avatar"]), key=lambda d: (d["created_at"], d["_id"]))
+    used = sum(d["size"] for d in oldest)
+    for target in (1, used // 10, used // 2, used - 1, used, used + 10):
+        want, total = [], 0
+        for doc in oldest:
+            if total >= target:
+                break
+            want.append(doc["_id"])
+            total += doc["size"]
+        assert await parts.files.oldest_reaching(OWNER, Criteria(), False, target) == want
+
+
+async def test_fsck_rebuilds_every_counter(parts):
+    await _seed(parts, 120)
+    files, counters = parts.files, parts.db.db["file_counts"]
+    stored = [normal(doc) async for doc in counters.find({"owner": OWNER})]
+    right = {doc["_id"]: doc for doc in stored if not counts_nothing(doc)}  # deletes leave empty days
+    assert len(right) > 20  # the account, months and days
+    assert await files.recount(OWNER) == 0
+    # what a crash between a file's insert and its counter update (or a bug) could leave
+    some_month = next(key for key in right if key.count("-") == 1)
+    some_day = next(key for key in right if key.count("-") == 2)
+    await counters.delete_one({"_id": some_month})
+    await counters.update_one({"_id": some_day}, {"$inc": {"hours.03.image|0|=image|~.n": 4}}, upsert=True)
+    await counters.insert_one({"_id": "ghost@example.org/2020-01", "owner": "ghost@example.org", "span": "m", "cells": {}})
+    wrong = Criteria(date_gte=NOW - dt.timedelta(days=800))
+    assert await files.usage(OWNER, wrong) != await files.scan_usage(OWNER, wrong)
+    assert await files.recount() == 1  # the ghost counts nothing: removed, not a fix
+    assert {doc["_id"]: normal(doc) async for doc in counters.find({"owner": OWNER})} == right
+    assert await counters.find_one({"_id": "ghost@example.org/2020-01"}) is None
+    assert await files.usage(OWNER, wrong) == await files.scan_usage(OWNER, wrong)
