@@ -20,6 +20,7 @@ never holds "/", so the _ids cannot collide across owners.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -65,10 +66,11 @@ class Cell:
         context = "~" if self.context is None else "=" + _escape(self.context)
         return f"{self.kind}|{int(self.avatar)}|{major}|{context}"
 
-    @classmethod
-    def parse(cls, key: str) -> Cell:
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def parse(key: str) -> Cell:
         kind, avatar, major, context = key.split("|")
-        return cls(kind, avatar == "1", _unescape(major), _unescape(context))
+        return Cell(kind, avatar == "1", _unescape(major), _unescape(context))
 
     @property
     def bucket(self) -> str:
@@ -226,14 +228,13 @@ def counts_nothing(doc: dict | None) -> bool:
 # -- reading ---------------------------------------------------------------------------------
 @dataclass
 class Segment:
-    """A piece of the time line [start, end) and what matches in it. `days`: a whole month's
-    per-day cells, to cut it finer; `level`: m(onth), d(ay), h(our) or r(aw: counted in files)."""
+    """A piece of the time line [start, end) and what matches in it (bucket -> [count, bytes]);
+    `level`: m(onth), d(ay), h(our) or r(aw: counted in files)."""
 
     start: dt.datetime
     end: dt.datetime
     level: str
     buckets: dict[str, list[int]] = field(default_factory=dict)
-    days: dict | None = None
 
     @property
     def n(self) -> int:
@@ -268,7 +269,7 @@ def month_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[C
     start = dt.datetime.strptime(doc["key"], "%Y-%m").replace(tzinfo=dt.UTC)
     end = next_month(start)
     if a <= start and end <= b:
-        segment = Segment(start, end, "m", days=doc.get("days") or {})
+        segment = Segment(start, end, "m")
         add_cells(segment.buckets, doc.get("cells") or {}, match)
         return [segment]
     return day_segments(start, doc.get("days") or {}, a, b, match)

@@ -114,8 +114,22 @@ def _bounds(criteria: Criteria) -> tuple[dt.datetime, dt.datetime]:
     return a, max(a, min(b, cn.FAR))
 
 
+def _by_time(q: dict) -> list[tuple[str, int]]:
+    """The index that bounds a query on a created_at range: (owner, is_avatar, created_at), or
+    (owner, created_at) when avatars and other files are both selected. Named, because the other
+    filters (kind, context, media type) could lead a planner to an index that reads more."""
+    if "is_avatar" in q:
+        return [("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]
+    return [("owner", ASCENDING), ("created_at", DESCENDING)]
+
+
+def _whole_months(t: dt.datetime, low: dt.datetime, high: dt.datetime) -> bool:
+    """Is the month of `t` inside [low, high) whole?"""
+    return cn.month_start(t) >= low and cn.next_month(t) <= high
+
+
 def _whole_days(t: dt.datetime, low: dt.datetime, high: dt.datetime) -> bool:
-    """Is the day of `t` inside [low, high) whole (or out of it)?"""
+    """Is the day of `t` inside [low, high) whole?"""
     start = cn.day_start(t)
     return start >= low and start + cn.DAY <= high
 
@@ -249,23 +263,24 @@ class Files:
         low, high = min(s.start for s in chosen), max(s.end for s in chosen)
         q = {**query(owner, criteria, is_avatar), "created_at": {"$gte": low, "$lt": high}}
         order = ASCENDING if direction > 0 else DESCENDING
-        cursor = self.c.find(q).sort([("created_at", order), ("_id", order)]).skip(first - before).limit(last - first + 1)
+        cursor = self.c.find(q).sort([("created_at", order), ("_id", order)]).hint(_by_time(q))
+        cursor = cursor.skip(first - before).limit(last - first + 1)
         return total, await cursor.to_list()
 
     async def _finer(self, owner: str, segments: list[Segment], starts: set, match) -> list[Segment]:
-        """The segments with the months and days that start at `starts` cut into days and
-        hours (a day's hours are one read of its counter document)."""
+        """The segments with the months and days that start at `starts` cut into days and hours:
+        one read of those months' day counts and one of those days' hour counts (by _id)."""
+        chosen = [s for s in segments if s.start in starts and s.level in "md"]
+        cut = {id(s) for s in chosen}
+        ids = [(cn.month_id if s.level == "m" else cn.day_id)(owner, s.start) for s in chosen]
+        docs = {d["_id"]: d async for d in self.counters.find({"_id": {"$in": ids}})} if ids else {}
         out: list[Segment] = []
-        days = [s for s in segments if s.start in starts and s.level == "d"]
-        docs = {}
-        if days:
-            ids = [cn.day_id(owner, s.start) for s in days]
-            docs = {d["_id"]: d async for d in self.counters.find({"_id": {"$in": ids}})}
         for segment in segments:
-            if segment.start not in starts or segment.level not in "md":
+            if id(segment) not in cut:
                 out.append(segment)
             elif segment.level == "m":
-                out += cn.day_segments(segment.start, segment.days or {}, segment.start, segment.end, match)
+                days = (docs.get(cn.month_id(owner, segment.start)) or {}).get("days") or {}
+                out += cn.day_segments(segment.start, days, segment.start, segment.end, match)
             else:
                 doc = docs.get(cn.day_id(owner, segment.start))
                 out += cn.hour_segments(doc, segment.start, segment.end, match) if doc else []
@@ -282,24 +297,28 @@ class Files:
         low, high = cn.ceil_hour(a), cn.hour_start(b)
         if low >= high:
             return [s for s in [await self._raw(owner, criteria, is_avatar, a, b)] if s.n]
-        months_q = {"owner": owner, "span": "m", "key": {"$gte": cn.month_key(low), "$lte": cn.month_key(high - cn.MS)}}
-        partial = sorted({cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)})
-        reads = [self.counters.find(months_q).to_list(), self.counters.find({"_id": {"$in": partial}}).to_list()]
+        # whole months: their cells only (a range read); the months cut by low or high with their
+        # days, and the days cut by them with their hours (by _id)
+        whole = {"$gte": cn.month_key(cn.next_month(low - cn.MS)), "$lt": cn.month_key(cn.month_start(high))}
+        months_q = {"owner": owner, "span": "m", "key": whole}
+        cut = {cn.month_id(owner, t) for t in (low, high - cn.MS) if not _whole_months(t, low, high)}
+        cut |= {cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)}
+        reads = [self.counters.find(months_q, {"days": 0}).to_list(), self.counters.find({"_id": {"$in": sorted(cut)}}).to_list()]
         raws = [(a, low), (high, b)]
         results = await asyncio.gather(*reads, *(self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y))
-        months, days, edges = results[0], results[1], results[2:]
+        months, parts, edges = results[0], results[1], results[2:]
         segments: list[Segment] = list(edges)
         for doc in months:
             segments += cn.month_segments(doc, low, high, match)
-        for doc in days:
-            segments += cn.hour_segments(doc, low, high, match)
+        for doc in parts:
+            segments += (cn.hour_segments if doc.get("span") == "d" else cn.month_segments)(doc, low, high, match)
         return sorted((s for s in segments if s.n), key=lambda s: s.start)
 
     async def _raw(self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime) -> Segment:
         """A piece of at most an hour or two, counted in `files` (index range on created_at)."""
         q = {**query(owner, criteria, is_avatar), "created_at": {"$gte": a, "$lt": b}}
         segment = Segment(a, b, "r")
-        cn.add_files(segment.buckets, await self.c.find(q, _COUNTED).to_list())
+        cn.add_files(segment.buckets, await self.c.find(q, _COUNTED).hint(_by_time(q)).to_list())
         return segment
 
     async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:

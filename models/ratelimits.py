@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import math
 import time
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -18,24 +16,27 @@ class RateLimits:
 
     async def hit(self, key: str, limit: int, window: int) -> int | None:
         """Count one event for `key`; None if within `limit` per `window` seconds, else the
-        seconds to wait before the window ends (for Retry-After)."""
+        seconds to wait before the window ends (for Retry-After). Only admitted events count."""
         now = time.time()
         start = math.floor(now / window) * window
         end = start + window
-        count = await self._increment(f"{key}:{int(start)}", dt.datetime.fromtimestamp(end + 60, dt.UTC))
-        if count <= limit:
+        if await self._admit(f"{key}:{int(start)}", limit, dt.datetime.fromtimestamp(end + 60, dt.UTC)):
             return None
         return max(1, math.ceil(end - now))
 
-    async def _increment(self, counter: str, expires: dt.datetime) -> int:
-        """$inc on an existing counter; a missing one is inserted first. (An upsert is not used:
-        two first hits racing in one upsert can both count, or neither see a document.)"""
-        for _ in range(2):
-            doc = await self.c.find_one_and_update(
-                {"_id": counter}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER, projection={"n": 1}
-            )
-            if doc is not None:
-                return doc["n"]
-            with contextlib.suppress(DuplicateKeyError):  # another hit created it: increment that one
-                await self.c.insert_one({"_id": counter, "n": 0, "expires": expires})
-        raise RuntimeError(f"rate-limit counter {counter} vanished")  # pragma: no cover
+    async def _admit(self, counter: str, limit: int, expires: dt.datetime) -> bool:
+        """One conditional upsert, a point write on _id (no find-and-modify): it counts the event
+        if the counter is below `limit`, or creates the counter at 1. When the counter exists at
+        the limit, the upsert's insert collides with it (duplicate key): refused. A collision can
+        also be another first hit that created the counter a moment earlier, so a collision is
+        decided by the same conditional update without the upsert."""
+        below = {"_id": counter, "n": {"$lt": limit}}
+        update = {"$inc": {"n": 1}, "$setOnInsert": {"expires": expires}}
+        if limit <= 0:
+            return False
+        try:
+            await self.c.update_one(below, update, upsert=True)
+            return True
+        except DuplicateKeyError:
+            result = await self.c.update_one(below, {"$inc": {"n": 1}})
+            return result.modified_count == 1

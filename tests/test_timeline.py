@@ -47,7 +47,8 @@ async def _seed(parts, count: int = 260) -> list[dict]:
         if i % 9 == 0 and docs:
             at = docs[-1]["created_at"]  # the same timestamp as another file
         else:
-            at = NOW - dt.timedelta(minutes=rng.choice([rng.randint(0, 300), rng.randint(0, 90 * 1440), rng.randint(0, 730 * 1440)]))
+            minutes = rng.choice([rng.randint(0, 300), rng.randint(0, 90 * 1440), rng.randint(0, 730 * 1440)])
+            at = NOW - dt.timedelta(minutes=minutes)
             at = at.replace(microsecond=rng.randint(0, 999) * 1000)
         doc = _doc(i, at, rng)
         await files.insert(doc)
