@@ -114,15 +114,6 @@ def _bounds(criteria: Criteria) -> tuple[dt.datetime, dt.datetime]:
     return a, max(a, min(b, cn.FAR))
 
 
-def _by_time(q: dict) -> list[tuple[str, int]]:
-    """The index that bounds a query on a created_at range: (owner, is_avatar, created_at), or
-    (owner, created_at) when avatars and other files are both selected. Named, because the other
-    filters (kind, context, media type) could lead a planner to an index that reads more."""
-    if "is_avatar" in q:
-        return [("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]
-    return [("owner", ASCENDING), ("created_at", DESCENDING)]
-
-
 def _whole_months(t: dt.datetime, low: dt.datetime, high: dt.datetime) -> bool:
     """Is the month of `t` inside [low, high) whole?"""
     return cn.month_start(t) >= low and cn.next_month(t) <= high
@@ -261,11 +252,9 @@ class Files:
             return total, []
         chosen = ordered[ends[0] : ends[-1] + 1]
         low, high = min(s.start for s in chosen), max(s.end for s in chosen)
-        q = {**query(owner, criteria, is_avatar), "created_at": {"$gte": low, "$lt": high}}
-        order = ASCENDING if direction > 0 else DESCENDING
-        cursor = self.c.find(q).sort([("created_at", order), ("_id", order)]).hint(_by_time(q))
-        cursor = cursor.skip(first - before).limit(last - first + 1)
-        return total, await cursor.to_list()
+        docs = await self._in_range(owner, criteria, is_avatar, low, high)
+        docs.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)
+        return total, docs[first - before : last - before + 1]
 
     async def _finer(self, owner: str, segments: list[Segment], starts: set, match) -> list[Segment]:
         """The segments with the months and days that start at `starts` cut into days and hours:
@@ -314,11 +303,24 @@ class Files:
             segments += (cn.hour_segments if doc.get("span") == "d" else cn.month_segments)(doc, low, high, match)
         return sorted((s for s in segments if s.n), key=lambda s: s.start)
 
+    async def _in_range(
+        self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime, fields: dict | None = None
+    ) -> list[dict]:
+        """The matching files created in [a, b) (a page and an hour or two of files): the query
+        names exactly the (owner, is_avatar, created_at) or (owner, created_at) index, and the
+        other filters (kind, context, media type) are applied here, so that no planner is
+        tempted by another index that reads more."""
+        base = query(owner, criteria, is_avatar)
+        q: dict = {"owner": owner, "created_at": {"$gte": a, "$lt": b}}
+        if "is_avatar" in base:
+            q["is_avatar"] = base["is_avatar"]
+        match = cn.cell_filter(criteria, is_avatar)
+        return [doc for doc in await self.c.find(q, fields).to_list() if match(cn.Cell.of(doc))]
+
     async def _raw(self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime) -> Segment:
         """A piece of at most an hour or two, counted in `files` (index range on created_at)."""
-        q = {**query(owner, criteria, is_avatar), "created_at": {"$gte": a, "$lt": b}}
         segment = Segment(a, b, "r")
-        cn.add_files(segment.buckets, await self.c.find(q, _COUNTED).hint(_by_time(q)).to_list())
+        cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
         return segment
 
     async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:
