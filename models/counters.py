@@ -2,7 +2,7 @@
 bucket-level filter and any page of a listing read a bounded number of small documents.
 
 A *cell* is what a file is as far as the filters that the counters answer go: its kind, whether it
-is an avatar, the top level of its media type and its context. Three kinds of document hold the
+is an avatar, its media type and its context. Three kinds of document hold the
 count (`n`) and bytes (`b`) per cell; all live in `file_counts`, so one insert or delete moves them
 with one bulk command:
 
@@ -49,28 +49,27 @@ def kind_of(media_type: str, context: str | None) -> str:
 class Cell:
     kind: str
     avatar: bool
-    major: str | None  # the media type's top level (`image` of `image/png`); None: no "/"
+    media_type: str | None  # the whole type (`image/png`); None: none stored
     context: str | None
 
     @classmethod
     def of(cls, doc: dict) -> Cell:
         media_type = doc.get("media_type") or ""
-        major, slash, _ = media_type.partition("/")
         kind = doc.get("kind") or kind_of(media_type, doc.get("context"))
-        return cls(kind, bool(doc.get("is_avatar")), major if slash else None, doc.get("context"))
+        return cls(kind, bool(doc.get("is_avatar")), media_type or None, doc.get("context"))
 
     @property
     def key(self) -> str:
         """The cell as a field name: no ".", no leading "$" (allowed on every MongoDB)."""
-        major = "~" if self.major is None else "=" + _escape(self.major)
+        media_type = "~" if self.media_type is None else "=" + _escape(self.media_type)
         context = "~" if self.context is None else "=" + _escape(self.context)
-        return f"{self.kind}|{int(self.avatar)}|{major}|{context}"
+        return f"{self.kind}|{int(self.avatar)}|{media_type}|{context}"
 
     @staticmethod
     @functools.lru_cache(maxsize=4096)
     def parse(key: str) -> Cell:
-        kind, avatar, major, context = key.split("|")
-        return Cell(kind, avatar == "1", _unescape(major), _unescape(context))
+        kind, avatar, media_type, context = key.split("|")
+        return Cell(kind, avatar == "1", _unescape(media_type), _unescape(context))
 
     @property
     def bucket(self) -> str:
@@ -88,15 +87,9 @@ def _unescape(part: str) -> str | None:
 
 
 def countable(criteria: Criteria) -> bool:
-    """Can the counters answer this selection? Not for ids, a slot, sizes, or a full media type
-    (`image/png`): those go to `files` through an index."""
-    return (
-        criteria.ids is None
-        and criteria.slot_id is None
-        and criteria.size_gte is None
-        and criteria.size_lte is None
-        and (not criteria.media_type or "/" not in criteria.media_type)
-    )
+    """Can the counters answer this selection? Not for ids, a slot or sizes: those go to
+    `files` through an index."""
+    return criteria.ids is None and criteria.slot_id is None and criteria.size_gte is None and criteria.size_lte is None
 
 
 def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Callable[[Cell], bool]:
@@ -106,7 +99,9 @@ def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Callable[[Cell], 
     if named is not None and "avatar" in named and is_avatar is False:
         is_avatar = None
     types = None if criteria.types is None else set(criteria.types)
-    major = criteria.media_type or None
+    wanted = criteria.media_type or None
+    exact = wanted is not None and "/" in wanted  # a whole type; else a top level (`image/…`)
+    prefix = f"{wanted}/"
 
     def match(cell: Cell) -> bool:
         if named is not None and not (cell.context in named or (cell.context is None and "file" in named)):
@@ -115,7 +110,11 @@ def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Callable[[Cell], 
             return False
         if types is not None and cell.kind not in types:
             return False
-        return major is None or cell.major == major
+        if wanted is None:
+            return True
+        if exact:
+            return cell.media_type == wanted
+        return cell.media_type is not None and cell.media_type.startswith(prefix)
 
     return match
 

@@ -1,7 +1,7 @@
 """files: one owner's link to stored content. Every query here is scoped to an owner.
 
 Beside the `files` collection, `file_counts` keeps each owner's count and bytes per bucket and
-per cell (kind, avatar, media type's top level, context), for the whole account, per month and
+per cell (kind, avatar, media type, context), for the whole account, per month and
 per day (models/counters.py), moved by one bulk $inc command with every insert and delete made
 here and recomputed by fsck (`recount`). Stats with those filters and any date range, and every
 newest- or oldest-first page, then read a bounded number of counter documents and at most about a
