@@ -201,6 +201,8 @@ class Files:
         direction = ORDERS.get(tuple(page.order))
         if direction is not None and cn.countable(criteria):
             return await self._counted_page(owner, criteria, page, is_avatar, direction)
+        if criteria.ids is not None and Criteria(ids=criteria.ids) == criteria:
+            return await self._ids_page(owner, criteria.ids, page, is_avatar)
         # Other orders and selections (ids, sizes, a full media type): the total by a count and
         # the page by a sorted read of every match.
         q = query(owner, criteria, is_avatar)
@@ -217,6 +219,20 @@ class Files:
             return total, []
         cursor = self.c.find(q).sort(sort).skip(page.skip).limit(page.per_page)
         return total, await cursor.to_list()
+
+    async def _ids_page(self, owner: str, ids: list, page: Page, is_avatar: bool | None) -> tuple[int, list[dict]]:
+        """A page of the files named by id (files/percent/<n>/, `id=` lists): one `_id $in`
+        point read of them all (as many as the request names), ordered and sliced here."""
+        wanted = file_ids(ids)
+        docs = await self.c.find({"_id": {"$in": wanted}}).to_list() if wanted else []
+        docs = [d for d in docs if d.get("owner") == owner and (is_avatar is None or bool(d.get("is_avatar")) == is_avatar)]
+        order = list(page.order)
+        if not any(name == "id" for name, _ in order):
+            order.append(("id", order[-1][1] if order else -1))
+        for name, direction in reversed(order):  # stable sorts, least significant key first
+            field_name = SORT_FIELDS[name]
+            docs.sort(key=lambda d, f=field_name: (d.get(f) is not None, d.get(f)), reverse=direction < 0)
+        return len(docs), docs[page.skip : page.skip + page.per_page]
 
     async def _counted_page(
         self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None, direction: int

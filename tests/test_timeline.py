@@ -186,3 +186,24 @@ async def test_fsck_rebuilds_every_counter(parts):
     assert {doc["_id"]: normal(doc) async for doc in counters.find({"owner": OWNER})} == right
     assert await counters.find_one({"_id": "ghost@example.org/2020-01"}) is None
     assert await files.usage(OWNER, wrong) == await files.scan_usage(OWNER, wrong)
+
+
+async def test_pages_of_ids_are_the_sorted_selection(parts):
+    """files/percent/<n>/ and `id=` lists page the named files: the owner's only, in any order."""
+    docs = await _seed(parts, 60)
+    other = {**_doc(10_000, NOW, random.Random(1)), "owner": "other@example.org", "slot_id": "other"}
+    await parts.files.insert(other)
+    named = [d for d in docs[::2] if not d["is_avatar"]]
+    ids = [str(d["_id"]) for d in named] + [str(other["_id"]), "999999", "x"]
+    for order in ([("name", 1)], [("size", -1)], [("created_at", -1)], [("id", 1)], [("media_type", 1), ("size", 1)]):
+        keys = [("_id" if name == "id" else name, direction) for name, direction in order]
+        if keys[-1][0] != "_id":
+            keys.append(("_id", keys[-1][1]))
+        expected = list(named)
+        for key, direction in reversed(keys):
+            expected.sort(key=lambda d, k=key: d[k], reverse=direction < 0)
+        want = [d["_id"] for d in expected]
+        for number in (1, 2, 3, 4):
+            total, got = await parts.files.page(OWNER, Criteria(ids=ids), Page(number, 9, order), False)
+            assert total == len(named)
+            assert [d["_id"] for d in got] == want[(number - 1) * 9 : number * 9], (order, number)
