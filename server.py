@@ -180,15 +180,6 @@ async def repair(settings: Settings) -> int:
             await asyncio.to_thread(embedded.stop)
 
 
-def use_event_loop(name: str) -> None:
-    """Install the event loop the settings name, before any loop starts (Tornado, PyMongo and
-    slixmpp run on any asyncio loop)."""
-    if name == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="server.py", description="gallery file sharing service")
     parser.add_argument("--config", type=Path, default=None, help="settings file (default: settings.yaml beside server.py)")
@@ -200,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gallery: invalid setting: {exc}", file=sys.stderr)
         return 2
-    use_event_loop(settings.server.event_loop)
     if args.command == "fsck":
         return asyncio.run(repair(settings))
     asyncio.run(serve(settings))

@@ -38,7 +38,6 @@ class ServerSettings:
     metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     xheaders: bool = False  # trust X-Real-IP / X-Forwarded-For / X-Scheme from a reverse proxy
     cors_origins: list[str] = field(default_factory=lambda: ["*"])  # web origins allowed to call the API
-    event_loop: str = "uvloop"  # uvloop or asyncio (the standard library's)
 
 
 @dataclass
@@ -261,8 +260,6 @@ def _validate(s: Settings) -> None:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise SettingsError(f"server.metrics_allow: {network!r} is not an address or network") from None
-    if s.server.event_loop not in ("uvloop", "asyncio"):
-        raise SettingsError(f"server.event_loop: uvloop or asyncio, got {s.server.event_loop!r}")
     if s.server.x_accel_redirect and not s.server.x_accel_redirect.startswith("/"):
         raise SettingsError("server.x_accel_redirect: must be an nginx location starting with /")
     s.server.x_accel_redirect = s.server.x_accel_redirect.rstrip("/")
