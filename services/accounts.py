@@ -303,7 +303,7 @@ class AccountManager:
 
     async def _file_counts(self, owner: str) -> tuple[int, int]:
         """(files, avatars) of one owner, counted from the files themselves."""
-        counts = await self.files.usage(owner, Criteria())
+        counts = await self.files.scan_usage(owner, Criteria())
         return sum(b["count"] for name, b in counts.items() if name != "avatars"), counts["avatars"]["count"]
 
     async def verify_token(self, token: str) -> TokenInfo | None:
