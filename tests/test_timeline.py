@@ -6,6 +6,7 @@ and deletes move the counters) over many days, with shared timestamps. Real data
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 
@@ -207,3 +208,16 @@ async def test_pages_of_ids_are_the_sorted_selection(parts):
             total, got = await parts.files.page(OWNER, Criteria(ids=ids), Page(number, 9, order), False)
             assert total == len(named)
             assert [d["_id"] for d in got] == want[(number - 1) * 9 : number * 9], (order, number)
+
+
+async def test_concurrent_first_files_of_a_day_all_count(parts):
+    """Uploads that finish together on a new day race to create the same counter documents:
+    every one of them counts."""
+    rng = random.Random(5)
+    at = NOW + dt.timedelta(days=3)
+    docs = [_doc(50_000 + i, at + dt.timedelta(milliseconds=i), rng) for i in range(40)]
+    await asyncio.gather(*(parts.files.insert(doc) for doc in docs))
+    day = Criteria(date_gte=at - dt.timedelta(hours=2), date_lte=at + dt.timedelta(hours=2))
+    assert await parts.files.usage(OWNER, day) == await parts.files.scan_usage(OWNER, day)
+    assert sum(b["count"] for b in (await parts.files.counts(OWNER)).values()) == 40
+    assert await parts.files.recount(OWNER) == 0
