@@ -1,6 +1,6 @@
-"""Per-owner file counters (unfiltered stats and list totals read them) and newest-first pages
-read through a growing created_at window: both must answer exactly what a scan of the owner's
-files would. Real sockets, real database."""
+"""Per-owner file counters (stats and list totals read them) and newest-first pages read through
+them: both must answer exactly what a scan of the owner's files would. Real sockets, real
+database."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ async def _stats(client, headers, **params) -> dict:
 
 
 async def _scanned_stats(client, headers) -> dict:
-    """The same figures computed the other way: a date filter that matches everything sends stats
-    through the aggregation over the owner's files instead of the counters."""
+    """The same figures computed another way: a date filter that matches everything sends stats
+    through the month and day counters instead of the account's (tests/test_timeline.py compares
+    both with an aggregation over the files)."""
     return await _stats(client, headers, date_gte="2000-01-01")
 
 
@@ -105,7 +106,7 @@ async def test_fsck_recomputes_counters(client, alice, service):
     assert again.counts_fixed == 0
 
 
-async def test_newest_first_pages_through_growing_windows(client, alice, service):
+async def test_newest_first_pages_through_the_counters(client, alice, service):
     """Files spread from minutes to years back, some sharing a timestamp: every page, with and
     without date filters, is exactly the slice of the full newest-first order."""
     ids = []
