@@ -15,7 +15,6 @@ from typing import Any
 from handlers.base import BaseHandler
 from handlers.files import StreamedUpload
 from handlers.media import MediaHandler
-from models.db import utcnow
 from services.errors import Invalid, TooLarge
 from services.files import Overflow, UploadMeta
 from services.metrics import Metrics
@@ -56,7 +55,7 @@ class ShareHandler(StreamedUpload, MediaHandler):
             return
         slot = self.path_args[0]
         auth = self.request.headers.get("Authorization")
-        self.grant, self.admission = await self.ctx.prosody_share.admit(slot, auth, self.content_length(), utcnow())
+        self.grant, self.admission = await self.ctx.prosody_share.admit(slot, auth, self.content_length())
         self.request.connection.set_max_body_size(self.body_limit(self.grant.size + 1))
         self.incoming = self.ctx.files.incoming(self.admission)
 

@@ -21,7 +21,7 @@ from models.files import Files
 from models.ratelimits import RateLimits
 from models.tokens import TokenInfo, Tokens
 from models.users import Users
-from services import render
+from services import access, render
 from services.errors import Forbidden, Invalid, NotFound, RateLimited, Unavailable
 from services.files import FileManager
 from services.params import INT64_MAX
@@ -112,11 +112,9 @@ class AccountManager:
             raise Invalid(f"{name}: {exc}", fields={name: str(exc)}) from None
 
     def check_allowed(self, jid: JID) -> None:
-        deny = self.auth.deny
-        if jid.bare in deny or jid.domain in deny:
-            raise Forbidden("this JID is not allowed to use the service")
-        if self.auth.allow_domains and jid.domain not in self.auth.allow_domains:
-            raise Forbidden(f"accounts of {jid.domain} are not allowed to use the service")
+        why = access.refusal(self.auth, jid.bare, jid.domain)
+        if why is not None:
+            raise Forbidden(why)
 
     async def _limit(self, key: str, limit: int, message: str) -> None:
         wait = await self.ratelimits.hit(key, limit, HOUR)

@@ -91,5 +91,5 @@ class Context:
             health=HealthManager(p.db, p.store, p.xmpp_state, p.component_state),
             metrics=Metrics(p.xmpp_state, p.db.commands.counts),
             slots=slots,
-            prosody_share=ProsodyShare(s.prosody_share.secret, p.files, p.users, files),
+            prosody_share=ProsodyShare(s.prosody_share.secret, s.auth, p.files, p.users, files),
         )

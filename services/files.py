@@ -228,6 +228,7 @@ class FileManager:
         with the content's derived images."""
         size, reserved = written.size, False
         try:
+            file_id = await self._ids.next()  # before anything is held: a failure here holds nothing
             reserved = await self._users.reserve(owner, size)
             if not reserved:
                 raise QuotaExceeded()
@@ -237,7 +238,7 @@ class FileManager:
             if reserved:
                 await self._users.release(owner, size)
             raise
-        doc = await self._new_doc(owner, meta.name, written.digests, size, written.media_type, derived, meta)
+        doc = self._new_doc(file_id, owner, meta.name, written.digests, size, written.media_type, derived, meta)
         await self._insert(doc)
         log.info("stored upload", extra={"user": owner, "slot_id": doc["slot_id"], "size": size})
         return doc
@@ -246,11 +247,16 @@ class FileManager:
         """A new file for content the owner already has (slot dedup); None if that content is no
         longer stored."""
         size = existing["size"]
+        file_id = await self._ids.next()  # before anything is held
         if not await self._users.reserve(owner, size):
             raise QuotaExceeded()
         sha256 = existing["sha256"]
         async with self._locked(sha256):
-            before = await self._blobs.acquire(sha256, existing["md5"], size, existing["media_type"])
+            try:
+                before = await self._blobs.acquire(sha256, existing["md5"], size, existing["media_type"])
+            except BaseException:
+                await self._users.release(owner, size)
+                raise
             if before is None or await self.store.size(sha256) is None:
                 if before is None:
                     # No blob document although a file has the content (fsck recreates it): give
@@ -264,7 +270,7 @@ class FileManager:
         derived = Derived(existing.get("width"), existing.get("height"), existing.get("thumbnail"))
         meta = UploadMeta(context=existing.get("context"), metadata=existing.get("metadata"))
         digests = Digests(existing["md5"], existing.get("sha1", ""), sha256)
-        doc = await self._new_doc(owner, name, digests, size, existing["media_type"], derived, meta)
+        doc = self._new_doc(file_id, owner, name, digests, size, existing["media_type"], derived, meta)
         await self._insert(doc)
         return doc
 
@@ -274,20 +280,30 @@ class FileManager:
         sha256 = written.digests.sha256
         async with self._locked(sha256):
             before = await self._blobs.acquire(sha256, written.digests.md5, written.size, written.media_type)
-            await self.store.commit(written.sink, sha256)
-            derived = (before or {}).get("derived")
-            old = derived or {}
-            want_thumb = thumbnails and old.get("thumbnail") is None and not old.get("tried")
-            want_variants = bool(variants) and old.get("variants") is None
-            if derived is None or want_thumb or want_variants:
-                thumb = thumbnails or bool(old.get("tried"))  # keep what an earlier upload asked for
-                sizes = tuple(variants) or tuple(v["size"] for v in old.get("variants") or ())
-                result = await self._derive(sha256, written.media_type, thumb, sizes)
-                derived = {**result.as_doc(), "tried": thumb}
-                # Nothing learnt about new content the imaging never looks at (neither an image
-                # nor a video): no need to remember it, and one write less for most uploads.
-                if before is not None or result != Derived() or written.media_type.startswith(("image/", "video/")):
-                    await self._blobs.set_meta(sha256, {"derived": derived})
+            try:
+                return await self._keep(written, before, thumbnails, variants)
+            except BaseException:  # the bytes were not kept (volume full, imaging): give the reference back
+                await self._release_blob(sha256)
+                raise
+
+    async def _keep(self, written: Written, before: dict | None, thumbnails: bool, variants: Sequence[int]) -> Derived:
+        """Under the content's lock, with its reference taken: keep the bytes, make the derived
+        images the content lacks."""
+        sha256 = written.digests.sha256
+        await self.store.commit(written.sink, sha256)
+        derived = (before or {}).get("derived")
+        old = derived or {}
+        want_thumb = thumbnails and old.get("thumbnail") is None and not old.get("tried")
+        want_variants = bool(variants) and old.get("variants") is None
+        if derived is None or want_thumb or want_variants:
+            thumb = thumbnails or bool(old.get("tried"))  # keep what an earlier upload asked for
+            sizes = tuple(variants) or tuple(v["size"] for v in old.get("variants") or ())
+            result = await self._derive(sha256, written.media_type, thumb, sizes)
+            derived = {**result.as_doc(), "tried": thumb}
+            # Nothing learnt about new content the imaging never looks at (neither an image
+            # nor a video): no need to remember it, and one write less for most uploads.
+            if before is not None or result != Derived() or written.media_type.startswith(("image/", "video/")):
+                await self._blobs.set_meta(sha256, {"derived": derived})
         thumbnail = derived.get("thumbnail") if thumbnails else None
         made = derived.get("variants") if variants else None
         return Derived(derived.get("width"), derived.get("height"), thumbnail, made)
@@ -308,13 +324,21 @@ class FileManager:
             await asyncio.to_thread(shutil.rmtree, out, True)
         return result
 
-    async def _new_doc(
-        self, owner: str, name: str | None, digests: Digests, size: int, kind: str, derived: Derived, meta: UploadMeta
+    def _new_doc(
+        self,
+        file_id: int,
+        owner: str,
+        name: str | None,
+        digests: Digests,
+        size: int,
+        kind: str,
+        derived: Derived,
+        meta: UploadMeta,
     ) -> dict:
         context = context_of(meta)
         now = utcnow()
         doc = {
-            "_id": await self._ids.next(),
+            "_id": file_id,
             "owner": owner,
             "slot_id": meta.slot_id or secrets.token_urlsafe(18),
             "name": clean_name(name),
@@ -402,8 +426,9 @@ class FileManager:
     async def oldest(self, owner: str, percent: int, contexts: list[str] | None) -> Criteria:
         """files/percent/<n>/: the owner's oldest files (avatars only when `contexts` names them)
         whose sizes together first reach `percent` % of the space they use, as criteria."""
-        quota = await self._users.quota(owner)
-        target = -(-quota.used * percent // 100)  # rounded up: "reach" means at least that much
+        # the space the owner's files use (their quota's `used` also holds pending slot reservations)
+        used = sum(bucket["used"] for bucket in (await self._files.counts(owner)).values())
+        target = -(-used * percent // 100)  # rounded up: "reach" means at least that much
         criteria = Criteria(contexts=contexts)
         return Criteria(ids=await self._files.oldest_reaching(owner, criteria, False, target))
 

@@ -19,6 +19,10 @@ from services.errors import Invalid
 from settings import FALSE_WORDS, TRUE_WORDS
 
 INT64_MAX = 2**63 - 1  # the largest integer the database stores; larger ones are a 400
+# Dates are held within these, so that a filter's day and month arithmetic stays in the calendar
+# (no file is dated outside them).
+EARLIEST = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
+LATEST = dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -55,13 +59,14 @@ def parse_datetime(name: str, value: str, end_of_day: bool = False) -> dt.dateti
     try:
         if _DATE.fullmatch(text):
             day = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), dt.UTC)
-            return day + dt.timedelta(days=1, milliseconds=-1) if end_of_day else day
+            day = day + dt.timedelta(days=1, milliseconds=-1) if end_of_day else day
+            return min(max(day, EARLIEST), LATEST)
         parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return min(max(parsed.astimezone(dt.UTC), EARLIEST), LATEST)
+    except (ValueError, OverflowError):  # OverflowError: past year 1 or 9999 once moved to UTC
         raise _invalid(name, "expected YYYY-MM-DD or an ISO 8601 datetime") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
 
 
 def decode_body(content_type: str, body: bytes) -> dict[str, list[Any]]:

@@ -27,10 +27,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from models.db import utcnow
 from models.files import Files
 from models.users import Users
-from services.errors import Conflict, Gone, Invalid, TooLarge, Unauthorized
+from services import access
+from services.errors import Conflict, Forbidden, Gone, Invalid, TooLarge, Unauthorized
 from services.files import Admission, FileManager
+from settings import AuthSettings
 from xmpp import jids
 
 _BEARER = re.compile(r"^Bearer (.+)$")  # Prosody matches "^Bearer (.*)" exactly
@@ -130,8 +133,9 @@ class ProsodyShare:
     """Admits the PUTs Prosody signed; the bytes then go through the file manager's admission and
     store like any upload's."""
 
-    def __init__(self, secret: str, files: Files, users: Users, manager: FileManager) -> None:
+    def __init__(self, secret: str, auth: AuthSettings, files: Files, users: Users, manager: FileManager) -> None:
         self.secret = secret
+        self.auth = auth
         self._files = files
         self._users = users
         self.manager = manager
@@ -141,7 +145,7 @@ class ProsodyShare:
         return bool(self.secret)
 
     async def admit(
-        self, slot: str, authorization: str | None, length: int | None, now: dt.datetime
+        self, slot: str, authorization: str | None, length: int | None, now: dt.datetime | None = None
     ) -> tuple[ShareGrant, Admission]:
         """Everything decided before the body, in the order Prosody's handler decides it, then
         the file manager's admission (size limit, the uploader's quota, rate and concurrency)."""
@@ -151,7 +155,7 @@ class ProsodyShare:
         claims = decode(match.group(1).strip(), self.secret)
         if not _number(claims.get("exp")):
             raise Unauthorized("invalid token: no exp", error="invalid_token")
-        if claims["exp"] < now.timestamp():
+        if claims["exp"] < (now or utcnow()).timestamp():
             raise Gone("the upload token has expired: request a new slot")
         grant = _grant(claims)
         if grant.slot != slot:
@@ -160,6 +164,9 @@ class ProsodyShare:
             raise TooLarge(message=f"Content-Length {length} is not the slot's size {grant.size}")
         if await self._files.slot_taken(slot):
             raise Conflict("this slot has been uploaded already")
+        why = access.refusal(self.auth, grant.owner, grant.owner.rpartition("@")[2])
+        if why is not None:
+            raise Forbidden(why)
         await self._users.create(grant.owner)  # Prosody's users need not have logged in here
         admission = await self.manager.admit(grant.owner, length=grant.size, declared=grant.size)
         admission.limit = grant.size  # exactly the slot's bytes (more: 413, as Prosody answers)

@@ -36,12 +36,14 @@ from urllib.parse import quote
 from models.db import utcnow
 from models.slots import EXPIRED, FAILED, ISSUED, UPLOADING, USED, Slot, Slots
 from models.users import Quota, Users
+from services import access
 from services.errors import (
+    Conflict,
     Forbidden,
+    Gone,
     NotFound,
     QuotaExceeded,
     RateLimited,
-    ServiceError,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -60,14 +62,6 @@ _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 _TOKEN = re.compile(r"^([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 SWEEP_INTERVAL = 30.0
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class Gone(ServiceError):
-    status = 410
 
 
 class SlotRefused(Exception):
@@ -209,8 +203,7 @@ class SlotManager:
             raise SlotRefused("auth", "forbidden", "only user accounts may request upload slots") from None
         if jid.domain not in self.domains:
             raise SlotRefused("auth", "forbidden", f"users of {jid.domain} may not upload to this service")
-        deny = self.settings.auth.deny
-        if jid.bare in deny or jid.domain in deny:
+        if access.refusal(self.settings.auth, jid.bare, jid.domain) is not None:
             raise SlotRefused("auth", "forbidden", "this account may not upload to this service")
         return jid.bare
 

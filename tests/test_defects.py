@@ -97,3 +97,14 @@ async def test_browser_style_backslash_names_keep_the_last_part(client, alice):
     headers, body = multipart([("file", 'say \\"hi\\".txt', b"hello")])
     r = await client.post("/api/v1/files/upload/", headers={**alice, **headers}, content=body)
     assert r.json()["name"] == 'say "hi".txt'
+
+
+async def test_dates_past_the_calendar_once_in_utc_are_a_400(client, alice):
+    """Regression: an offset that moves a date past year 1 or 9999 in UTC was an OverflowError (500)."""
+    for path in ("/api/v1/files/", "/api/v1/files/stats/"):
+        for value in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+            body = assert_error(await client.get(path, headers=alice, params={"date_gte": value}), 400)
+            assert "date_gte" in body["fields"]
+        # the calendar's own ends are dates like any other
+        for name, value in (("date_lte", "9999-12-31"), ("date_gte", "0001-01-01"), ("date_lte", "9999-12-31T23:59:59")):
+            assert (await client.get(path, headers=alice, params={name: value})).status_code == 200

@@ -5,13 +5,16 @@ manager's token check."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from models.criteria import Criteria, Page
 from services.context import Context, Parts
-from services.errors import QuotaExceeded, RateLimited, TooLarge
+from services.errors import Forbidden, QuotaExceeded, RateLimited, TooLarge, WriteFailed
 from services.files import FileManager, Overflow, UploadMeta
+from services.prosody_share import sign
 from tests.helpers import GIF, issue_token, opaque, sha256, staging
 
 ALICE, BOB = "alice@example.org", "bob@example.org"
@@ -240,3 +243,54 @@ async def test_slot_without_a_blob_document_keeps_the_stored_content(files, part
     assert await parts.store.size(sha256(data)) == len(data)
     assert await read(files, doc["slot_id"], "kept.bin") == data
     assert (await files.quota(ALICE)).used == len(data)
+
+
+async def test_a_database_failure_before_the_insert_holds_no_quota_and_no_reference(files, parts, monkeypatch):
+    """Regression: the file's id was drawn after the quota and the content's reference were
+    taken, so a database failure there kept both for good."""
+
+    async def down() -> int:
+        raise AutoReconnect("the database went away")
+
+    monkeypatch.setattr(parts.file_ids, "next", down)
+    with pytest.raises(AutoReconnect):
+        await put(files, ALICE, opaque(110))
+    assert (await files.quota(ALICE)).used == 0
+    assert await parts.db.blobs.count_documents({}) == 0
+    assert staging(parts.store) == []
+
+
+async def test_a_store_failure_gives_the_reference_back(files, parts, monkeypatch):
+    """Regression: when keeping the bytes failed (a full volume), the content's reference stayed,
+    so the blob document of content nobody has counted one reference for good."""
+
+    def full(*_args: object) -> None:
+        raise WriteFailed("No space left on device")
+
+    monkeypatch.setattr(parts.store, "_commit", full)
+    with pytest.raises(WriteFailed):
+        await put(files, ALICE, opaque(300))
+    assert (await files.quota(ALICE)).used == 0
+    assert await parts.db.blobs.count_documents({}) == 0
+
+
+async def test_prosody_share_refuses_denied_jids(parts):
+    """Regression: Prosody's signed PUTs skipped auth.deny and auth.allow_domains."""
+    parts.settings.auth.deny = ["mallory@example.org"]
+    parts.settings.prosody_share.secret = "s3cret"
+    share = Context.build(parts).prosody_share
+    claims = {"sub": "mallory@example.org", "slot": "slot-0123456789", "filename": "f", "filesize": 1, "filetype": "a/b"}
+    token = sign("s3cret", {**claims, "exp": int(time.time()) + 60})
+    with pytest.raises(Forbidden):
+        await share.admit("slot-0123456789", f"Bearer {token}", 1)
+    assert await parts.db.users.find_one({"_id": "mallory@example.org"}) is None
+
+
+async def test_percent_counts_the_files_not_pending_reservations(files, parts):
+    """Regression: files/percent/ took n % of `used`, which also holds issued XEP-0363 slots'
+    reservations, so 50 % could select every file."""
+    for size in (1000, 1000, 1000, 1000):
+        await put(files, ALICE, opaque(size))
+    assert await parts.users.reserve(ALICE, 4000)  # what an issued, unused 4000-byte slot holds
+    selected = await files.oldest(ALICE, 50, None)
+    assert len(selected.ids or ()) == 2
