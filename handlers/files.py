@@ -94,7 +94,11 @@ class StreamedUpload(BaseHandler):
             self.failure = Invalid("malformed multipart body")
         if self.failure is not None:
             await self.incoming.discard()
-            self._fail_now()
+            length = self.content_length()
+            if length is not None and length > DRAIN_LIMIT:
+                self._fail_now()
+            # else the rest (at most DRAIN_LIMIT more) is read and dropped before the answer: a
+            # client still sending when the connection closes may see a reset, not the answer
 
     def _fail_now(self) -> None:
         """Answer at once; Tornado then closes the connection instead of reading the rest."""
