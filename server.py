@@ -149,6 +149,8 @@ class Service:
             await self.parts.component.stop()
         if self.ctx is not None:
             await self.ctx.slots.stop()
+        if self.ctx is not None:
+            await self.ctx.files.gate.close()  # leases still held (the cut-off uploads)
         if self.parts is not None and self.parts.xmpp is not None:
             await self.parts.xmpp.stop()
         if self.parts is not None:

@@ -19,6 +19,7 @@ from models.blobs import Blobs
 from models.criteria import Criteria, Page
 from models.db import utcnow
 from models.files import Files, SlotTaken, kind_of
+from models.leases import Leases
 from models.ratelimits import RateLimits
 from models.sequences import IdSequence
 from models.users import Quota, Users
@@ -112,6 +113,7 @@ class FileManager:
         users: Users,
         ratelimits: RateLimits,
         ids: IdSequence,
+        leases: Leases,
         store: ContentStore,
         imaging: Imaging,
         limits: LimitsSettings,
@@ -128,7 +130,7 @@ class FileManager:
         self.limits = limits
         self.public_url = public_url
         self.retention = retention or RetentionSettings()
-        self.gate = UploadGate(limits.concurrent_uploads_per_user, limits.concurrent_uploads)
+        self.gate = UploadGate(leases, limits.concurrent_uploads_per_user, limits.concurrent_uploads)
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- answers ---------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class FileManager:
         too many of theirs at once) or 503 (too many uploads at once)."""
         gate = self.gate if hold else None
         if gate is not None:
-            gate.enter(owner)
+            await gate.enter(owner)  # leases shared by every process (services/admission.py)
         try:
             self.check_size(declared)
             self.check_size(None if length is None else length - slack)
