@@ -186,7 +186,8 @@ async def repair(settings: Settings) -> int:
     try:
         parts = Parts(settings=settings, db=db, store=LocalStore(settings.storage_path))
         parts.store.prepare()
-        report = await fsck(parts)
+        # every process is stopped: no upload is in flight, every staging file is left over
+        report = await fsck(parts, temp_age=0)
         for line in report.lines():
             print(line)
         print("store is consistent" if report.repaired else "store could NOT be fully repaired")
