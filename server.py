@@ -42,7 +42,8 @@ from services.context import Context, Parts
 from services.expiry import ExpirySweeper
 from services.fsck import STALE_TEMP_SECONDS, fsck
 from settings import HERE, Settings, SettingsError
-from storage.local import LocalStore
+from storage import ContentStore
+from storage.backends import close_store, open_store
 from xmpp.client import XmppClient
 from xmpp.component import UploadComponent
 
@@ -67,6 +68,7 @@ class Service:
         self.db_dir = data_dir / "db" if data_dir is not None else settings.embedded_db_path
         self.embedded: EmbeddedMongo | None = None
         self.db: Database | None = None
+        self.store: ContentStore | None = None
         self.http: HTTPServer | None = None
         self.parts: Parts | None = None
         self.ctx: Context | None = None
@@ -79,13 +81,6 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="gallery-io"))
-        store = LocalStore(s.storage_path)
-        store.prepare()
-        # Only temp files older than the stale age: another process (a worker beside this one, or a
-        # server on another port sharing the volume) may have uploads in flight right now.
-        removed = await store.clean_staging(STALE_TEMP_SECONDS)
-        if removed:
-            log.info("removed %d stale temp files", removed)
         uri = s.mongodb.uri
         if not uri:
             self.embedded = EmbeddedMongo(self.db_dir)
@@ -96,6 +91,13 @@ class Service:
             )
         self.db = Database(uri, s.mongodb.database, s.mongodb.timeout)
         await self.db.ensure_indexes()
+        self.store = store = open_store(s, uri)
+        await asyncio.to_thread(store.prepare)
+        # Only staging files older than the stale age: another process (a worker beside this one,
+        # a server on another port or host sharing the store) may have uploads in flight now.
+        removed = await store.clean_staging(STALE_TEMP_SECONDS)
+        if removed:
+            log.info("removed %d stale temp files", removed)
         self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging))
         migrated = await self.parts.files.migrate(self.parts.file_ids)
         if migrated:
@@ -155,6 +157,8 @@ class Service:
             await self.parts.xmpp.stop()
         if self.parts is not None:
             await self.parts.imaging.close()
+        if self.store is not None:
+            await asyncio.to_thread(close_store, self.store)
         if self.db is not None:
             await self.db.close()
         if self.embedded is not None:
@@ -183,9 +187,10 @@ async def repair(settings: Settings) -> int:
         embedded = EmbeddedMongo(settings.embedded_db_path)
         uri = await asyncio.to_thread(embedded.start)
     db = Database(uri, settings.mongodb.database)
+    store = open_store(settings, uri)
     try:
-        parts = Parts(settings=settings, db=db, store=LocalStore(settings.storage_path))
-        parts.store.prepare()
+        parts = Parts(settings=settings, db=db, store=store)
+        await asyncio.to_thread(store.prepare)
         # every process is stopped: no upload is in flight, every staging file is left over
         report = await fsck(parts, temp_age=0)
         for line in report.lines():
@@ -193,6 +198,7 @@ async def repair(settings: Settings) -> int:
         print("store is consistent" if report.repaired else "store could NOT be fully repaired")
         return 0 if report.repaired else 1
     finally:
+        close_store(store)
         await db.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -18,23 +18,6 @@ class Blobs:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
-    # Callers hold the content's lock (FileManager._locked), so reading and then changing one blob
-    # document is not racing another change to it. Point reads and updates are used rather than
-    # find-and-modify, which some MongoDB-compatible servers (SecantusDB) run as a collection scan.
-
-    async def acquire(self, sha256: str, md5: str, size: int, media_type: str) -> dict | None:
-        """Add a reference; returns the document as it was before (None: the blob is new)."""
-        before = await self.c.find_one({"_id": sha256})
-        if before is not None:
-            await self.c.update_one({"_id": sha256}, {"$inc": {"refs": 1}})
-            return before
-        doc = {"_id": sha256, "md5": md5, "size": size, "media_type": media_type, "refs": 1, "created_at": utcnow()}
-        try:
-            await self.c.insert_one(doc)
-        except DuplicateKeyError:  # another process inserted it first
-            return await self.acquire(sha256, md5, size, media_type)
-        return None
-
     async def add_ref(self, sha256: str) -> bool:
         """One more reference to content whose document exists and is not being deleted."""
         result = await self.c.update_one({"_id": sha256, "deleting": {"$exists": False}}, {"$inc": {"refs": 1}})
@@ -79,8 +62,13 @@ class Blobs:
         return 0 if doc is None else doc["refs"]
 
     async def delete_unreferenced(self, sha256: str) -> bool:
-        result = await self.c.delete_one({"_id": sha256, "refs": {"$lte": 0}})
+        """Remove the document of unreferenced content that nobody is deleting (its content is the
+        caller's business: fsck, or a forgotten reference)."""
+        result = await self.c.delete_one({"_id": sha256, "refs": {"$lte": 0}, "deleting": {"$exists": False}})
         return result.deleted_count == 1
+
+    async def get(self, sha256: str) -> dict | None:
+        return await self.c.find_one({"_id": sha256})
 
     async def set_meta(self, sha256: str, fields: dict) -> None:
         await self.c.update_one({"_id": sha256}, {"$set": fields})

@@ -67,6 +67,13 @@ class ContentRefs:
             return False  # referenced again meanwhile, or another release is deleting it
         return await self._delete(sha256, token)
 
+    async def forget(self, sha256: str) -> None:
+        """Drop one reference, and at zero the document, but never the content: for a reference
+        taken on content that files use although its document was missing (a crash; fsck
+        recreates it), whose bytes must stay."""
+        if await self.blobs.release(sha256) <= 0:
+            await self.blobs.delete_unreferenced(sha256)
+
     async def _delete(self, sha256: str, token: str) -> bool:
         if not await self.blobs.is_marked(sha256, token):
             return False  # taken over by an acquire after we stalled: it deletes

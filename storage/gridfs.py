@@ -48,6 +48,7 @@ class GridFSSink:
     def __init__(self, store: GridFSStore) -> None:
         self.store = store
         self.file_id = ObjectId()
+        self.path: Path | None = None  # the bytes are in the database, not in a local file
         self.chunk_size = store.chunk_size
         self.buffer = bytearray()
         self.n = 0  # chunks written
@@ -158,6 +159,16 @@ class GridFSStore:
             path.unlink(missing_ok=True)
         return sink
 
+    @contextlib.asynccontextmanager
+    async def sink_file(self, sink: GridFSSink) -> AsyncIterator[Path]:  # type: ignore[override]
+        """A local scratch copy of a finished sink (an avatar's upload, to decode it)."""
+        path = await asyncio.to_thread(self.staging_file)
+        try:
+            await asyncio.to_thread(self._copy_out, sink.file_id, path)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
     async def commit(self, sink: GridFSSink, sha256: str) -> None:  # type: ignore[override]
         await asyncio.to_thread(self._commit, sink, sha256)
 
@@ -200,9 +211,15 @@ class GridFSStore:
         doc = self.meta.find(sha256, CONTENT)
         if doc is None:
             raise FileNotFoundError(sha256)
-        with self.bucket.open_download_stream(doc["_id"]) as source, open(path, "wb") as out:
-            while block := source.read(COPY_STEP):
-                out.write(block)
+        self._copy_out(doc["_id"], path)
+
+    def _copy_out(self, file_id: Any, path: Path) -> None:
+        """A GridFS file into a local file, one chunk in memory at a time."""
+        with open(path, "wb") as out:
+            n = 0
+            while (data := self.meta.chunk(file_id, n)) is not None:
+                out.write(data)
+                n += 1
 
     async def put_derived(self, sha256: str, name: str, path: Path) -> None:
         await asyncio.to_thread(self._put_derived, sha256, name, path)
