@@ -97,7 +97,7 @@ async def test_same_content_uploaded_while_its_last_reference_is_deleted(setting
     a protocol held by the database the delete unlinks content the upload just referenced."""
     env = server_env(settings)
     headers = await headers_for(settings, "race@example.org")
-    rounds, chains = 100, 3  # 300 races of an upload with the delete of the same bytes' last file
+    rounds, chains = 80, 3  # 240 races of an upload with the delete of the same bytes' last file
     async with servers(env, tmp_path, 3) as urls, httpx.AsyncClient(timeout=30) as client:
 
         async def chain(c: int) -> None:
