@@ -18,7 +18,7 @@ from storage.local import LocalStore
 
 
 @pytest.fixture
-async def parts(settings, tmp_path):
+async def refs_parts(settings, tmp_path):
     db = Database(settings.mongodb.uri, settings.mongodb.database)
     await db.ensure_indexes()
     store = LocalStore(tmp_path / "files")
@@ -36,8 +36,8 @@ async def commit(store: LocalStore, data: bytes) -> str:
     return sha256
 
 
-async def test_the_last_release_removes_the_content(parts):
-    blobs, store = parts
+async def test_the_last_release_removes_the_content(refs_parts):
+    blobs, store = refs_parts
     refs = ContentRefs(blobs, store)
     data = os.urandom(1000)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -50,8 +50,8 @@ async def test_the_last_release_removes_the_content(parts):
     assert await store.size(sha256) is None and await blobs.get(sha256) is None
 
 
-async def test_an_acquire_waits_for_a_deletion_in_progress_then_stores_anew(parts):
-    blobs, store = parts
+async def test_an_acquire_waits_for_a_deletion_in_progress_then_stores_anew(refs_parts):
+    blobs, store = refs_parts
     refs = ContentRefs(blobs, store)
     data = os.urandom(500)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -70,8 +70,8 @@ async def test_an_acquire_waits_for_a_deletion_in_progress_then_stores_anew(part
     assert (await blobs.get(sha256))["refs"] == 1 and await store.size(sha256) == 500
 
 
-async def test_a_dead_deleters_mark_is_taken_over(parts):
-    blobs, store = parts
+async def test_a_dead_deleters_mark_is_taken_over(refs_parts):
+    blobs, store = refs_parts
     refs = ContentRefs(blobs, store, stale=0.3)
     data = os.urandom(300)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -90,10 +90,10 @@ async def test_a_dead_deleters_mark_is_taken_over(parts):
     assert await store.size(sha256) == 300
 
 
-async def test_racing_acquires_and_releases_never_lose_a_held_reference(parts):
+async def test_racing_acquires_and_releases_never_lose_a_held_reference(refs_parts):
     """Many holders come and go at once on one content; whoever holds a reference finds the
     content stored after committing, and the count ends exact."""
-    blobs, store = parts
+    blobs, store = refs_parts
     refs = ContentRefs(blobs, store)
     data = os.urandom(2000)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -116,8 +116,8 @@ async def test_racing_acquires_and_releases_never_lose_a_held_reference(parts):
     assert doc is not None or await store.size(sha256) is None
 
 
-async def test_fsck_clears_a_mark_on_content_files_use(parts):
-    blobs, _store = parts
+async def test_fsck_clears_a_mark_on_content_files_use(refs_parts):
+    blobs, _store = refs_parts
     await blobs.create("a" * 64, "m", 1, "x/y")
     await blobs.c.update_one({"_id": "a" * 64}, {"$set": {"refs": 0, "deleting": "x", "deleting_at": dt.datetime.now(dt.UTC)}})
     await blobs.set_refs("a" * 64, 2)
