@@ -32,6 +32,8 @@ log = logging.getLogger("gallery.admission")
 
 LEASE_SECONDS = 30  # a lease whose holder stopped renewing it counts this long
 RENEW_SECONDS = 10
+SLOT_TRIES = 3  # a user at the limit: look again this many times ...
+SLOT_WAIT = 0.05  # ... this far apart (a lease given back a moment ago elsewhere), then 429
 
 
 class UploadGate:
@@ -42,7 +44,7 @@ class UploadGate:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.active: Counter[str] = Counter()  # this process's admitted uploads, per owner
         self._held: dict[str, list[tuple[str, ObjectId]]] = {}  # owner -> (slot, global lease)
-        self._pending: set[asyncio.Task] = set()  # leases being given back
+        self._pending: dict[asyncio.Task, str] = {}  # leases being given back -> their owner
         self._renewer: asyncio.Task | None = None
         self.closed = False  # shutting down: no new uploads
         self._idle = asyncio.Event()
@@ -61,7 +63,18 @@ class UploadGate:
             raise RateLimited(f"at most {self.per_user} uploads at once", 1)
         if self.active.total() >= self.total:
             raise Unavailable("too many uploads in progress", retry_after=1)
-        slot = await self.leases.take_slot(owner, self.per_user, self.holder, utcnow(), self._expiry())
+        # An upload that just ended gives its lease back after its answer went out: wait for this
+        # process's (the client's next upload may already be here), and briefly for another's.
+        mine = [task for task, who in self._pending.items() if who == owner]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        slot = None
+        for attempt in range(SLOT_TRIES):
+            slot = await self.leases.take_slot(owner, self.per_user, self.holder, utcnow(), self._expiry())
+            if slot is not None:
+                break
+            if attempt + 1 < SLOT_TRIES:
+                await asyncio.sleep(SLOT_WAIT)
         if slot is None:
             raise RateLimited(f"at most {self.per_user} uploads at once", 1)
         lease: ObjectId | None = None
@@ -90,11 +103,11 @@ class UploadGate:
         if self.active[owner] <= 0:
             del self.active[owner]
         task = asyncio.ensure_future(self._drop(slot, lease))
-        self._pending.add(task)
+        self._pending[task] = owner
         task.add_done_callback(self._given_back)
 
     def _given_back(self, task: asyncio.Task) -> None:
-        self._pending.discard(task)
+        self._pending.pop(task, None)
         if not self.active and not self._pending:
             self._idle.set()
 
@@ -128,7 +141,7 @@ class UploadGate:
         if self._renewer is not None:
             self._renewer.cancel()
         if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
         self._held.clear()
         with contextlib.suppress(Exception):
             await self.leases.drop_holder(self.holder)
