@@ -320,6 +320,8 @@ class Supervisor:
         s = self.settings
         if s.xmpp.jid and "/" in s.xmpp.jid:  # one session per worker: resources must differ
             s.xmpp.jid = f"{s.xmpp.jid}-{index}"
+        if index != 0:  # the XMPP server takes one connection per component: worker 0 keeps it
+            s.xmpp.component.jid = ""
         asyncio.run(serve(s, sockets))
         return 0
 
