@@ -5,15 +5,27 @@
 
 Start-up order: settings -> storage -> database (embedded if no mongodb.uri) -> imaging ->
 XMPP -> HTTP. Shutdown runs the same list backwards.
+
+With server.processes other than 1 the first process is a supervisor: it starts the embedded
+database (if any) and binds the listening socket, then forks the workers, each of which runs a
+`Service` on the inherited socket; it replaces a worker that dies and, on SIGTERM, passes the
+signal on, waits for every worker to drain, and exits 0. It holds no event loop and no client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
+import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,9 +40,10 @@ from models.embedded import EmbeddedMongo
 from services import evaluation
 from services.context import Context, Parts
 from services.expiry import ExpirySweeper
-from services.fsck import fsck
+from services.fsck import STALE_TEMP_SECONDS, fsck
 from settings import HERE, Settings, SettingsError
-from storage.local import LocalStore
+from storage import ContentStore
+from storage.backends import close_store, open_store
 from xmpp.client import XmppClient
 from xmpp.component import UploadComponent
 
@@ -47,13 +60,15 @@ IO_THREADS = 32
 class Service:
     """Owns every long-lived part and the order they start and stop in."""
 
-    def __init__(self, settings: Settings, data_dir: Path | None = None) -> None:
+    def __init__(self, settings: Settings, data_dir: Path | None = None, sockets: list[socket.socket] | None = None) -> None:
         self.settings = settings
+        self.sockets = sockets  # already bound (a worker of several); None: bind server.port
         self.data_dir = data_dir or HERE / "data"
         # the embedded database's directory: mongodb.embedded_path, or <data_dir>/db when given
         self.db_dir = data_dir / "db" if data_dir is not None else settings.embedded_db_path
         self.embedded: EmbeddedMongo | None = None
         self.db: Database | None = None
+        self.store: ContentStore | None = None
         self.http: HTTPServer | None = None
         self.parts: Parts | None = None
         self.ctx: Context | None = None
@@ -66,11 +81,6 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="gallery-io"))
-        store = LocalStore(s.storage_path)
-        store.prepare()
-        removed = await store.clean_staging(0)  # nothing is in flight before we listen
-        if removed:
-            log.info("removed %d stale temp files", removed)
         uri = s.mongodb.uri
         if not uri:
             self.embedded = EmbeddedMongo(self.db_dir)
@@ -81,12 +91,19 @@ class Service:
             )
         self.db = Database(uri, s.mongodb.database, s.mongodb.timeout)
         await self.db.ensure_indexes()
+        self.store = store = open_store(s, uri)
+        await asyncio.to_thread(store.prepare)
+        # Only staging files older than the stale age: another process (a worker beside this one,
+        # a server on another port or host sharing the store) may have uploads in flight now.
+        removed = await store.clean_staging(STALE_TEMP_SECONDS)
+        if removed:
+            log.info("removed %d stale temp files", removed)
         self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging))
         migrated = await self.parts.files.migrate(self.parts.file_ids)
         if migrated:
             log.info("gave %d files of an earlier version integer ids", migrated)
 
-        sockets = bind_sockets(s.server.port, s.server.host)
+        sockets = self.sockets or bind_sockets(s.server.port, s.server.host)
         s.server.port = sockets[0].getsockname()[1]
         # the imaging pool starts its worker processes on the first job
         xmpp = XmppClient(s.xmpp) if s.xmpp.jid else None
@@ -134,18 +151,22 @@ class Service:
             await self.parts.component.stop()
         if self.ctx is not None:
             await self.ctx.slots.stop()
+        if self.ctx is not None:
+            await self.ctx.files.gate.close()  # leases still held (the cut-off uploads)
         if self.parts is not None and self.parts.xmpp is not None:
             await self.parts.xmpp.stop()
         if self.parts is not None:
             await self.parts.imaging.close()
+        if self.store is not None:
+            await asyncio.to_thread(close_store, self.store)
         if self.db is not None:
             await self.db.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 
 
-async def serve(settings: Settings) -> None:
-    service = Service(settings)
+async def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    service = Service(settings, sockets=sockets)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -166,15 +187,18 @@ async def repair(settings: Settings) -> int:
         embedded = EmbeddedMongo(settings.embedded_db_path)
         uri = await asyncio.to_thread(embedded.start)
     db = Database(uri, settings.mongodb.database)
+    store = open_store(settings, uri)
     try:
-        parts = Parts(settings=settings, db=db, store=LocalStore(settings.storage_path))
-        parts.store.prepare()
-        report = await fsck(parts)
+        parts = Parts(settings=settings, db=db, store=store)
+        await asyncio.to_thread(store.prepare)
+        # every process is stopped: no upload is in flight, every staging file is left over
+        report = await fsck(parts, temp_age=0)
         for line in report.lines():
             print(line)
         print("store is consistent" if report.repaired else "store could NOT be fully repaired")
         return 0 if report.repaired else 1
     finally:
+        close_store(store)
         await db.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -193,8 +217,131 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "fsck":
         return asyncio.run(repair(settings))
+    if settings.processes > 1:
+        for handler in logging.getLogger().handlers:  # which worker said it
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        return Supervisor(settings).run()
     asyncio.run(serve(settings))
     return 0
+
+
+# -- several worker processes ------------------------------------------------------------------
+RESPAWN_PAUSE = 1.0  # seconds before replacing a worker that died within its first seconds
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a worker: SIGTERM (a drain) when the supervisor dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _exit_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+class Supervisor:
+    """Forks `settings.processes` workers on one listening socket and keeps that many alive."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = settings.processes
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (worker index, started at)
+        self.stopping = False
+        self.embedded: EmbeddedMongo | None = None
+        self.metrics_dir: Path | None = None
+
+    def run(self) -> int:
+        s = self.settings
+        if s.imaging.workers == 0:  # the machine's cores shared out, not a pool per core per worker
+            s.imaging.workers = max(1, (os.cpu_count() or 1) // self.count)
+        if not s.mongodb.uri:
+            self.embedded = EmbeddedMongo(s.embedded_db_path)
+            s.mongodb.uri = self.embedded.start()
+            log.warning(
+                "EVALUATION DATABASE: started embedded SecantusDB (data in %s); set mongodb.uri for production",
+                self.embedded.data_dir,
+            )
+        # every worker's counters in one directory, summed by /metrics (prometheus multiprocess)
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="gallery-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        try:
+            sockets = bind_sockets(s.server.port, s.server.host)
+            s.server.port = sockets[0].getsockname()[1]
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+            log.info("starting %d worker processes (imaging: %d each)", self.count, s.imaging.workers)
+            for index in range(self.count):
+                self._spawn(index, sockets)
+            self._watch(sockets)
+            log.info("all workers stopped")
+            return 0
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if self.embedded is not None:
+                self.embedded.stop()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            log.info("stopping: draining %d workers", len(self.workers))
+        self.stopping = True
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _spawn(self, index: int, sockets: list[socket.socket]) -> None:
+        signals = {signal.SIGTERM, signal.SIGINT}
+        # no signal between the fork and the worker's own handlers, nor before its pid is known
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in signals:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+                _die_with_parent()
+                code = self._work(index, sockets)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.workers[pid] = (index, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def _work(self, index: int, sockets: list[socket.socket]) -> int:
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()  # chosen at import, before the directory was set
+        s = self.settings
+        if s.xmpp.jid and "/" in s.xmpp.jid:  # one session per worker: resources must differ
+            s.xmpp.jid = f"{s.xmpp.jid}-{index}"
+        if index != 0:  # the XMPP server takes one connection per component: worker 0 keeps it
+            s.xmpp.component.jid = ""
+        asyncio.run(serve(s, sockets))
+        return 0
+
+    def _watch(self, sockets: list[socket.socket]) -> None:
+        while self.workers:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in self.workers:
+                continue
+            index, started = self.workers.pop(pid)
+            if self.stopping:
+                log.info("worker %d (pid %d) %s", index, pid, _exit_status(status))
+                continue
+            log.error("worker %d (pid %d) %s; starting a new one", index, pid, _exit_status(status))
+            if time.monotonic() - started < 5:
+                time.sleep(RESPAWN_PAUSE)  # do not spin on a worker that cannot start
+            if not self.stopping:
+                self._spawn(index, sockets)
 
 
 if __name__ == "__main__":

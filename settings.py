@@ -38,6 +38,7 @@ class ServerSettings:
     metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     xheaders: bool = False  # trust X-Real-IP / X-Forwarded-For / X-Scheme from a reverse proxy
     cors_origins: list[str] = field(default_factory=lambda: ["*"])  # web origins allowed to call the API
+    processes: int = 1  # worker processes sharing the listening socket; 0: one per core
 
 
 @dataclass
@@ -50,7 +51,9 @@ class MongoSettings:
 
 @dataclass
 class StorageSettings:
+    backend: str = "local"  # local: files under path; gridfs: GridFS in the configured MongoDB
     path: str = "data/files"
+    gridfs_chunk_size: int = 1048576  # bytes per GridFS chunk (gridfs backend)
 
 
 @dataclass
@@ -166,6 +169,11 @@ class Settings:
         return self.server.public_url or f"http://{self.server.host}:{self.server.port}"
 
     @property
+    def processes(self) -> int:
+        """The number of worker processes server.processes asks for (0: one per core)."""
+        return self.server.processes or os.cpu_count() or 1
+
+    @property
     def storage_path(self) -> Path:
         return (HERE / self.storage.path).resolve()
 
@@ -173,6 +181,8 @@ class Settings:
     def embedded_db_path(self) -> Path:
         return (HERE / self.mongodb.embedded_path).resolve()
 
+
+STORAGE_BACKENDS = ("local", "gridfs")
 
 # The words for true and false, in settings and in request parameters alike.
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -287,6 +297,7 @@ def _validate(s: Settings) -> None:
         ("auth.code_interval", s.auth.code_interval),
         ("quota.default", s.quota.default),
         ("imaging.workers", s.imaging.workers),
+        ("server.processes", s.server.processes),
         ("xmpp.port", s.xmpp.port),
         ("xmpp.component.port", s.xmpp.component.port),
     ):
@@ -297,6 +308,12 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"mongodb.timeout: must be between 0 and 300 seconds, got {s.mongodb.timeout}")
     if not s.mongodb.database or any(c in s.mongodb.database for c in '/\\. "$'):
         raise SettingsError(f"mongodb.database: invalid name {s.mongodb.database!r}")
+    if s.storage.backend not in STORAGE_BACKENDS:
+        raise SettingsError(f"storage.backend: expected one of {', '.join(STORAGE_BACKENDS)}, got {s.storage.backend!r}")
+    if not 1024 <= s.storage.gridfs_chunk_size <= 15 << 20:
+        raise SettingsError(
+            f"storage.gridfs_chunk_size: must be between 1024 and {15 << 20} bytes, got {s.storage.gridfs_chunk_size}"
+        )
     if not s.storage.path:
         raise SettingsError("storage.path: must not be empty")
     if not s.mongodb.embedded_path:

@@ -43,6 +43,11 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("owner", ASCENDING), ("state", ASCENDING)]),
         IndexModel([("purge_at", ASCENDING)], expireAfterSeconds=0),
     ],
+    "leases": [
+        IndexModel([("expires", ASCENDING)], expireAfterSeconds=0),
+        IndexModel([("scope", ASCENDING), ("expires", ASCENDING)]),
+        IndexModel([("holder", ASCENDING)]),
+    ],
 }
 
 
@@ -83,6 +88,7 @@ class Database:
         self.blobs: AsyncCollection = self.db.blobs
         self.ratelimits: AsyncCollection = self.db.ratelimits
         self.slots: AsyncCollection = self.db.slots
+        self.leases: AsyncCollection = self.db.leases
 
     async def ensure_indexes(self) -> None:
         for name, indexes in INDEXES.items():

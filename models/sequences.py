@@ -11,6 +11,7 @@ import asyncio
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 BLOCK = 64
 
@@ -34,9 +35,20 @@ class IdSequence:
         return value
 
     async def _take(self, count: int) -> None:
-        doc = await self.c.find_one_and_update(
-            {"_id": self.name}, {"$inc": {"last": count}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
+        # Several processes taking the first block of a new sequence race in the upsert: one may
+        # get a duplicate key error, or (SecantusDB) no document back. Both mean the document
+        # exists now: try again (a block taken but not returned is skipped, never reused).
+        for _ in range(5):
+            try:
+                doc = await self.c.find_one_and_update(
+                    {"_id": self.name}, {"$inc": {"last": count}}, upsert=True, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                doc = None
+            if doc is not None:
+                break
+        else:
+            raise RuntimeError(f"could not take ids from the sequence {self.name!r}")
         self._end = doc["last"] + 1
         self._next = self._end - count
 

@@ -11,6 +11,7 @@ from models.blobs import Blobs
 from models.codes import Codes
 from models.db import Database
 from models.files import Files
+from models.leases import Leases
 from models.ratelimits import RateLimits
 from models.sequences import IdSequence
 from models.slots import Slots
@@ -44,6 +45,7 @@ class Parts:
         self.tokens = Tokens(self.db.tokens, s.auth.token_ttl)
         self.files = Files(self.db.files)
         self.blobs = Blobs(self.db.blobs)
+        self.leases = Leases(self.db.leases)
         self.codes = Codes(self.db.codes, s.auth.code_ttl, s.auth.code_interval)
         self.ratelimits = RateLimits(self.db.ratelimits)
         self.file_ids = IdSequence(self.db.db["sequences"], "files")
@@ -78,7 +80,17 @@ class Context:
     def build(cls, p: Parts) -> Context:
         s = p.settings
         files = FileManager(
-            p.files, p.blobs, p.users, p.ratelimits, p.file_ids, p.store, p.imaging, s.limits, s.public_url, retention=s.retention
+            p.files,
+            p.blobs,
+            p.users,
+            p.ratelimits,
+            p.file_ids,
+            p.leases,
+            p.store,
+            p.imaging,
+            s.limits,
+            s.public_url,
+            retention=s.retention,
         )
         slots = SlotManager(s, p.slots, p.users, files)
         if p.component is not None:

@@ -6,7 +6,6 @@ asks `admit` first and stores through `store_upload`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -19,12 +18,14 @@ from models.blobs import Blobs
 from models.criteria import Criteria, Page
 from models.db import utcnow
 from models.files import Files, SlotTaken, kind_of
+from models.leases import Leases
 from models.ratelimits import RateLimits
 from models.sequences import IdSequence
 from models.users import Quota, Users
 from services import render
 from services.admission import UploadGate
 from services.errors import Conflict, NotFound, QuotaExceeded, RateLimited, TooLarge
+from services.refs import ContentRefs
 from services.retention import aware, expiry_for
 from settings import LimitsSettings, RetentionSettings
 from storage import ContentStore, Sink
@@ -112,6 +113,7 @@ class FileManager:
         users: Users,
         ratelimits: RateLimits,
         ids: IdSequence,
+        leases: Leases,
         store: ContentStore,
         imaging: Imaging,
         limits: LimitsSettings,
@@ -128,8 +130,8 @@ class FileManager:
         self.limits = limits
         self.public_url = public_url
         self.retention = retention or RetentionSettings()
-        self.gate = UploadGate(limits.concurrent_uploads_per_user, limits.concurrent_uploads)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.gate = UploadGate(leases, limits.concurrent_uploads_per_user, limits.concurrent_uploads)
+        self._refs = ContentRefs(blobs, store)
 
     # -- answers ---------------------------------------------------------------------------
     def render(self, doc: dict, quota: Quota | None = None) -> dict:
@@ -164,7 +166,7 @@ class FileManager:
         too many of theirs at once) or 503 (too many uploads at once)."""
         gate = self.gate if hold else None
         if gate is not None:
-            gate.enter(owner)
+            await gate.enter(owner)  # leases shared by every process (services/admission.py)
         try:
             self.check_size(declared)
             self.check_size(None if length is None else length - slack)
@@ -251,22 +253,20 @@ class FileManager:
         if not await self._users.reserve(owner, size):
             raise QuotaExceeded()
         sha256 = existing["sha256"]
-        async with self._locked(sha256):
-            try:
-                before = await self._blobs.acquire(sha256, existing["md5"], size, existing["media_type"])
-            except BaseException:
-                await self._users.release(owner, size)
-                raise
-            if before is None or await self.store.size(sha256) is None:
-                if before is None:
-                    # No blob document although a file has the content (fsck recreates it): give
-                    # back the reference just made without removing bytes that file still needs.
-                    await self._blobs.release(sha256)
-                    await self._blobs.delete_unreferenced(sha256)
-                else:
-                    await self._release_blob(sha256)
-                await self._users.release(owner, size)
-                return None
+        try:
+            before = await self._refs.acquire(sha256, existing["md5"], size, existing["media_type"])
+        except BaseException:
+            await self._users.release(owner, size)
+            raise
+        if before is None or await self.store.size(sha256) is None:  # not stored (yet, or any more)
+            if before is None:
+                # No blob document although a file has the content (fsck recreates it): give
+                # back the reference just made without removing bytes that file still needs.
+                await self._refs.forget(sha256)
+            else:
+                await self._refs.release(sha256)
+            await self._users.release(owner, size)
+            return None
         derived = Derived(existing.get("width"), existing.get("height"), existing.get("thumbnail"))
         meta = UploadMeta(context=existing.get("context"), metadata=existing.get("metadata"))
         digests = Digests(existing["md5"], existing.get("sha1", ""), sha256)
@@ -278,17 +278,18 @@ class FileManager:
         """Reference the content (keeping the new bytes if it is new) and return its derived
         images, made once per content (in the imaging pool) and shared by every file that has it."""
         sha256 = written.digests.sha256
-        async with self._locked(sha256):
-            before = await self._blobs.acquire(sha256, written.digests.md5, written.size, written.media_type)
-            try:
-                return await self._keep(written, before, thumbnails, variants)
-            except BaseException:  # the bytes were not kept (volume full, imaging): give the reference back
-                await self._release_blob(sha256)
-                raise
+        # No lock: the reference protocol is held by the database (services/refs.py), so this is
+        # correct with any number of processes racing uploads and deletes of the same bytes.
+        before = await self._refs.acquire(sha256, written.digests.md5, written.size, written.media_type)
+        try:
+            return await self._keep(written, before, thumbnails, variants)
+        except BaseException:  # the bytes were not kept (volume full, imaging): give the reference back
+            await asyncio.shield(self._refs.release(sha256))
+            raise
 
     async def _keep(self, written: Written, before: dict | None, thumbnails: bool, variants: Sequence[int]) -> Derived:
-        """Under the content's lock, with its reference taken: keep the bytes, make the derived
-        images the content lacks."""
+        """With the content's reference taken: keep the bytes (every holder commits: idempotent),
+        make the derived images the content lacks."""
         sha256 = written.digests.sha256
         await self.store.commit(written.sink, sha256)
         derived = (before or {}).get("derived")
@@ -480,21 +481,4 @@ class FileManager:
         return await self._files.slot_taken(slot_id)
 
     async def _drop_reference(self, sha256: str) -> None:
-        async with self._locked(sha256):
-            await self._release_blob(sha256)
-
-    async def _release_blob(self, sha256: str) -> None:
-        if await self._blobs.release(sha256) <= 0 and await self._blobs.delete_unreferenced(sha256):
-            await self.store.remove(sha256)
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, sha256: str) -> AsyncIterator[None]:
-        """Serialise reference changes and store commits for one content within this process, so
-        a delete that removes the last reference cannot remove content a new upload just kept."""
-        lock = self._locks.setdefault(sha256, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not lock._waiters:
-                self._locks.pop(sha256, None)
+        await self._refs.release(sha256)

@@ -1,11 +1,19 @@
-"""Prometheus metrics: one registry per service instance (no global state)."""
+"""Prometheus metrics: one registry per service instance (no global state).
+
+With several worker processes (server.processes), the supervisor sets PROMETHEUS_MULTIPROC_DIR
+before it forks: every worker then keeps its counters and histograms in files there, and a scrape
+of any worker reads and sums them all (prometheus-client's multiprocess mode). The XMPP state and
+the database command counts are the answering worker's own.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 XMPP_STATES = ("connected", "connecting", "disconnected", "disabled")
@@ -25,6 +33,20 @@ class CommandsCollector(Collector):
         yield family
 
 
+class XmppStateCollector(Collector):
+    """gallery_xmpp_connected{state}: 1 for this process's current XMPP client state."""
+
+    def __init__(self, xmpp_state: Callable[[], str]) -> None:
+        self.xmpp_state = xmpp_state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("gallery_xmpp_connected", "1 while the XMPP client is connected, by state.", labels=("state",))
+        current = self.xmpp_state()
+        for name in XMPP_STATES:
+            gauge.add_metric((name,), 1.0 if current == name else 0.0)
+        yield gauge
+
+
 class Metrics:
     def __init__(self, xmpp_state: Callable[[], str], db_commands: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -42,11 +64,21 @@ class Metrics:
         self.downloads = Counter("gallery_downloads", "Downloads by status.", ("status",), registry=r)
         self.expired = Counter("gallery_files_expired", "Expired files the expiry sweeper removed.", registry=r)
         self.db_errors = Counter("gallery_db_errors", "Requests that failed because the database did not answer.", registry=r)
-        state = Gauge("gallery_xmpp_connected", "1 while the XMPP client is connected, by state.", ("state",), registry=r)
-        for name in XMPP_STATES:
-            state.labels(name).set_function(lambda name=name: 1.0 if xmpp_state() == name else 0.0)
-        if db_commands is not None:
-            r.register(CommandsCollector(db_commands))
+        self.xmpp = XmppStateCollector(xmpp_state)
+        self.commands = CommandsCollector(db_commands) if db_commands is not None else None
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        if self.multiprocess_dir is None:
+            r.register(self.xmpp)
+            if self.commands is not None:
+                r.register(self.commands)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # every worker's files, summed; this worker's XMPP state and database commands
+        every = CollectorRegistry()
+        MultiProcessCollector(every, self.multiprocess_dir)
+        every.register(self.xmpp)
+        if self.commands is not None:
+            every.register(self.commands)
+        return generate_latest(every)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -20,10 +21,12 @@ from models.embedded import EmbeddedMongo
 from server import Service
 from services.context import Parts
 from settings import Settings
-from storage.local import LocalStore
+from storage.backends import close_store, open_store
 from tests.browser import chromium, page  # noqa: F401 - fixtures: a real headless Chromium
 from tests.helpers import login, override, stop_process
 from tests.prosody import own_prosody, prosody, xmpp_user  # noqa: F401 - fixtures: a real Prosody, test users
+
+STORAGE_BACKEND = os.environ.get("GALLERY_TEST_STORAGE_BACKEND", "local")
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +51,8 @@ def settings(tmp_path: Path, mongo_uri: str) -> Iterator[Settings]:
             "GALLERY_MONGODB_URI": mongo_uri,
             "GALLERY_MONGODB_DATABASE": name,
             "GALLERY_STORAGE_PATH": str(tmp_path / "files"),
+            # the whole suite against the GridFS store: GALLERY_TEST_STORAGE_BACKEND=gridfs
+            "GALLERY_STORAGE_BACKEND": STORAGE_BACKEND,
             "GALLERY_LIMITS_UPLOADS_PER_WINDOW": "1000",
             "GALLERY_LIMITS_CONCURRENT_UPLOADS_PER_USER": "100",
         },
@@ -106,11 +111,12 @@ async def parts(settings: Settings) -> AsyncIterator[Parts]:
     managers and models alone, and for setting up and checking a `python server.py` run."""
     db = Database(settings.mongodb.uri, settings.mongodb.database, settings.mongodb.timeout)
     await db.ensure_indexes()
-    store = LocalStore(settings.storage_path)
-    store.prepare()
+    store = open_store(settings, settings.mongodb.uri)
+    await asyncio.to_thread(store.prepare)
     try:
         yield Parts(settings=settings, db=db, store=store)
     finally:
+        close_store(store)
         await db.close()
 
 

@@ -106,6 +106,7 @@ def server_env(settings: Any) -> dict[str, str]:
         "GALLERY_MONGODB_URI": settings.mongodb.uri,
         "GALLERY_MONGODB_DATABASE": settings.mongodb.database,
         "GALLERY_STORAGE_PATH": str(settings.storage_path),
+        "GALLERY_STORAGE_BACKEND": settings.storage.backend,
         "GALLERY_LIMITS_UPLOADS_PER_WINDOW": "10000",
         "GALLERY_LIMITS_CONCURRENT_UPLOADS_PER_USER": "100",
     }
@@ -218,8 +219,13 @@ async def stored(service: Any, sha: str) -> bool:
 def staging(store: ContentStore) -> list[str]:
     """What the store's staging area holds now (uploads in flight, work in progress). The face
     has no call that lists it without removing it (`clean_staging` does), so this is the one
-    place the tests look into the local layout for it."""
-    return sorted(entry.name for entry in store.tmp.iterdir())  # type: ignore[attr-defined]
+    place the tests look into the layout for it: the local scratch directory, and with GridFS the
+    staging records of its sinks (uploads in flight are in the database)."""
+    found = [entry.name for entry in store.tmp.iterdir()]  # type: ignore[attr-defined]
+    meta = getattr(store, "meta", None)  # GridFSStore
+    if meta is not None:
+        found += [f"gridfs:{doc['_id']}" for doc in meta.staging.find({}, {"_id": 1})]
+    return sorted(found)
 
 
 async def user_doc(service: Any, jid: str) -> dict | None:

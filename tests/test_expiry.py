@@ -18,7 +18,7 @@ from services.expiry import ExpirySweeper
 from services.fsck import fsck
 from services.retention import expired, expiry_for
 from settings import RetentionSettings, SettingsError
-from storage.local import LocalStore
+from storage.backends import close_store, open_store
 from tests.helpers import GIF, assert_error, login, opaque, sha256, stored, upload, wait_until
 
 SECOND = 1 / 86400  # retention is in days
@@ -178,13 +178,15 @@ async def test_two_sweepers_at_once_remove_each_file_once(short_lived, settings)
     total = sum(sizes) + 3 * len(shared)
     assert await _used(service, jid) == total
     other_db = Database(settings.mongodb.uri, settings.mongodb.database)
+    other_store = open_store(settings, settings.mongodb.uri)  # the other process's view of the store
     try:
-        other_files = Context.build(Parts(settings=settings, db=other_db, store=LocalStore(settings.storage_path))).files
+        other_files = Context.build(Parts(settings=settings, db=other_db, store=other_store)).files
         other = ExpirySweeper(other_files, interval=30, batch=4)  # several batches each
         service.expiry.batch = 4
         await asyncio.sleep(1.1)
         removed = await asyncio.gather(service.expiry.sweep(), other.sweep(), other.sweep())
     finally:
+        close_store(other_store)
         await other_db.close()
     assert sum(removed) == count + 3
     assert await _used(service, jid) == 0

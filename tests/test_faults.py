@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from models.embedded import EmbeddedMongo
+from tests.conftest import STORAGE_BACKEND
 from tests.helpers import assert_error, login, staging, stop_process, upload, wait_until
 
 
@@ -26,6 +27,7 @@ def small_volume(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.skipif(STORAGE_BACKEND == "gridfs", reason="a full local volume; the GridFS store writes to the database")
 async def test_full_volume_gives_507_and_leaves_nothing(make_service, small_volume):
     service = await make_service(storage={"path": str(small_volume)})
     headers = await login(service, "full@example.org")
@@ -61,7 +63,8 @@ async def test_database_outage_gives_503_and_recovers(make_service, tmp_path):
             assert health.status_code == 503 and health.json()["db"] == "unavailable"
             metrics = (await client.get("/metrics")).text
             assert "gallery_db_errors_total 0.0" not in metrics
-            assert staging(service.parts.store) == []
+            if STORAGE_BACKEND != "gridfs":  # (GridFS's staging is in the database: looked at below)
+                assert staging(service.parts.store) == []
 
             db.port = port  # the same address: the driver reconnects by itself
             await asyncio.to_thread(db.start)
@@ -70,6 +73,7 @@ async def test_database_outage_gives_503_and_recovers(make_service, tmp_path):
                 return (await client.get("/healthz")).status_code == 200
 
             await wait_until(healthy, 20, "the service to see the database again")
+            assert staging(service.parts.store) == []  # nothing was left of the refused upload
             assert (await client.get("/api/v1/files", headers=headers)).status_code == 200
             assert (await upload(client, headers, b"after", "y")).status_code == 201
     finally:

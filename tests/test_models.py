@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from models.db import Database
+from models.sequences import IdSequence
+
 
 async def test_concurrent_first_hits_are_all_counted(service):
     """Regression: racing upserts on a new counter returned no document (a 500 on upload)."""
@@ -23,3 +26,17 @@ async def test_quota_reservation_is_atomic(service):
     results = await asyncio.gather(*(users.reserve("q@example.org", 100) for _ in range(30)))
     assert results.count(True) == 10
     assert (await users.quota("q@example.org")).used == 1000
+
+
+async def test_processes_taking_a_new_sequences_first_blocks_get_distinct_ids(settings):
+    """Regression: several processes' first `next()` on a fresh sequence raced in its upsert, and
+    SecantusDB answered some of them with no document (a TypeError: a 500 on an upload)."""
+    databases = [Database(settings.mongodb.uri, settings.mongodb.database) for _ in range(4)]
+    try:
+        for round_ in range(15):
+            sequences = [IdSequence(db.db["sequences"], f"race{round_}", block=8) for db in databases]
+            ids = await asyncio.gather(*(seq.next() for seq in sequences for _ in range(3)))
+            assert len(set(ids)) == len(ids)
+    finally:
+        for db in databases:
+            await db.close()

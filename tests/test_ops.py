@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -135,6 +136,9 @@ def test_settings_env_overrides_and_types(tmp_path):
     assert s.server.port == 9100 and s.admins == ["b@x.org", "c@y.org"] and s.limits.max_file_size == 10
     assert s.xmpp.require_tls is False
     assert s.public_url == "http://127.0.0.1:9100"
+    several = settings_module.load(path, env={"GALLERY_SERVER_PROCESSES": "0", "GALLERY_STORAGE_BACKEND": "gridfs"})
+    assert several.processes == (os.cpu_count() or 1) and several.storage.backend == "gridfs"
+    assert settings_module.load(path, env={}).processes == 1 and s.storage.backend == "local"
 
 
 @pytest.mark.parametrize(
@@ -148,6 +152,9 @@ def test_settings_env_overrides_and_types(tmp_path):
         ("", {"GALLERY_SERVER_PUBLIC_URL": "ftp://x"}, "server.public_url"),
         ("", {"GALLERY_MONGODB_URI": "postgres://x"}, "mongodb.uri"),
         ("", {"GALLERY_XMPP_JID": "svc@x.org"}, "xmpp.password"),
+        ("", {"GALLERY_SERVER_PROCESSES": "-1"}, "server.processes"),
+        ("", {"GALLERY_STORAGE_BACKEND": "s3"}, "storage.backend"),
+        ("storage:\n  gridfs_chunk_size: 100\n", {}, "storage.gridfs_chunk_size"),
     ],
 )
 def test_invalid_settings_name_the_key(tmp_path, text, env, key):

@@ -1,0 +1,62 @@
+"""leases: the uploads in flight in the whole deployment.
+
+Every admitted upload holds two leases: one of its owner's numbered slots (`_id` "<owner>:<k>",
+k below the per-user limit; the unique `_id` is what makes the limit exact), and one global lease
+(an ObjectId, counted against the global limit). Each names its `holder` (the server process,
+which renews all its leases every few seconds) and `expires`, when it stops counting if its holder
+died without giving it back; the TTL index removes expired leases later, and a slot whose lease
+expired is taken over at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from bson import ObjectId
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+USER = "user"
+ALL = "all"
+
+
+class Leases:
+    def __init__(self, collection: AsyncCollection) -> None:
+        self.c = collection
+
+    async def take_slot(self, owner: str, slots: int, holder: str, now: dt.datetime, expires: dt.datetime) -> str | None:
+        """One of the owner's `slots` slots, or None when every one is held."""
+        for k in range(slots):
+            slot = f"{owner}:{k}"
+            for _attempt in range(2):
+                try:
+                    await self.c.insert_one({"_id": slot, "scope": USER, "holder": holder, "expires": expires})
+                    return slot
+                except DuplicateKeyError:
+                    # held; unless its holder died: then free it (one taker wins) and try again
+                    freed = await self.c.delete_one({"_id": slot, "expires": {"$lte": now}})
+                    if not freed.deleted_count:
+                        break
+        return None
+
+    async def take(self, holder: str, expires: dt.datetime) -> ObjectId:
+        """A global lease; counted by every process from now on."""
+        lease = ObjectId()
+        await self.c.insert_one({"_id": lease, "scope": ALL, "holder": holder, "expires": expires})
+        return lease
+
+    async def count(self, now: dt.datetime) -> int:
+        """Unexpired global leases."""
+        return await self.c.count_documents({"scope": ALL, "expires": {"$gt": now}})
+
+    async def drop(self, lease: ObjectId | str, holder: str) -> None:
+        await self.c.delete_one({"_id": lease, "holder": holder})
+
+    async def renew(self, holder: str, expires: dt.datetime) -> int:
+        """Push back the expiry of every lease the holder has; returns how many."""
+        result = await self.c.update_many({"holder": holder}, {"$set": {"expires": expires}})
+        return result.matched_count
+
+    async def drop_holder(self, holder: str) -> int:
+        result = await self.c.delete_many({"holder": holder})
+        return result.deleted_count

@@ -1,0 +1,99 @@
+"""The concurrent-upload limits as leases in MongoDB: shared by every process, gone with a dead one."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from models.db import Database, utcnow
+from models.leases import Leases
+from services import admission
+from services.admission import UploadGate
+from services.errors import RateLimited, Unavailable
+
+
+@pytest.fixture
+async def db(settings):
+    database = Database(settings.mongodb.uri, settings.mongodb.database)
+    await database.ensure_indexes()
+    yield database
+    await database.close()
+
+
+async def test_per_user_limit_holds_across_gates(db):
+    """Three gates (three processes' worth) admit at most `per_user` of one user's uploads at once,
+    however the attempts race."""
+    gates = [UploadGate(Leases(db.leases), 3, 100) for _ in range(3)]
+    for _round in range(5):
+        results = await asyncio.gather(*(gates[i % 3].enter("u@example.org") for i in range(12)), return_exceptions=True)
+        admitted = [r for r in results if r is None]
+        assert len(admitted) == 3  # exact: one per slot
+        assert all(isinstance(r, RateLimited) for r in results if r is not None)
+        assert await db.leases.count_documents({"scope": "user"}) == 3
+        assert sum(g.active["u@example.org"] for g in gates) == len(admitted)
+        for g in gates:
+            for _ in range(g.active["u@example.org"]):
+                g.leave("u@example.org")
+        for g in gates:
+            await g.drain(5)
+            g.closed = False
+        assert await Leases(db.leases).count(utcnow()) == 0
+
+
+async def test_global_limit_holds_across_gates(db):
+    gates = [UploadGate(Leases(db.leases), 10, 4) for _ in range(2)]
+    results = await asyncio.gather(*(gates[i % 2].enter(f"user{i}@example.org") for i in range(10)), return_exceptions=True)
+    admitted = [r for r in results if r is None]
+    assert len(admitted) <= 4  # (a burst may be refused whole: insert first, count second)
+    assert all(isinstance(r, Unavailable) for r in results if r is not None)
+    # the other gate's uploads count here: one at the limit refuses
+    while sum(g.active.total() for g in gates) < 4:
+        owner = f"late{sum(g.active.total() for g in gates)}@example.org"
+        await gates[0].enter(owner)
+    with pytest.raises(Unavailable):
+        await gates[1].enter("one-more@example.org")
+    for g in gates:
+        await g.close()
+    assert await Leases(db.leases).count(utcnow()) == 0
+
+
+async def test_a_dead_holders_leases_stop_counting(db, monkeypatch):
+    """A process that died (never renews, never gives back) blocks the user only until its leases
+    expire; a live holder's renewals keep its own leases counting."""
+    monkeypatch.setattr(admission, "LEASE_SECONDS", 1)
+    monkeypatch.setattr(admission, "RENEW_SECONDS", 0.3)
+    dead = UploadGate(Leases(db.leases), 1, 100)
+    await dead.enter("d@example.org")
+    dead._renewer.cancel()  # it died: nothing renews its lease any more
+    live = UploadGate(Leases(db.leases), 1, 100)
+    with pytest.raises(RateLimited):
+        await live.enter("d@example.org")
+    await asyncio.sleep(1.2)
+    await live.enter("d@example.org")  # the dead holder's lease expired
+    await asyncio.sleep(1.5)  # longer than a lease: renewed meanwhile
+    other = UploadGate(Leases(db.leases), 1, 100)
+    with pytest.raises(RateLimited):
+        await other.enter("d@example.org")
+    expired = await db.leases.find_one({"holder": dead.holder})
+    assert expired is not None and expired["expires"] < utcnow() + dt.timedelta(seconds=1)
+    await live.close()
+    await other.close()
+    assert await db.leases.count_documents({"holder": live.holder}) == 0
+
+
+async def test_refused_enter_leaves_no_lease(db):
+    gate = UploadGate(Leases(db.leases), 1, 100)
+    await gate.enter("r@example.org")
+    other = UploadGate(Leases(db.leases), 1, 100)
+    for _ in range(3):
+        with pytest.raises(RateLimited):
+            await other.enter("r@example.org")
+    assert await db.leases.count_documents({"holder": other.holder}) == 0
+    gate.closed = True
+    with pytest.raises(Unavailable):
+        await gate.enter("s@example.org")
+    gate.leave("r@example.org")
+    assert await gate.drain(5) == 0
+    assert await db.leases.count_documents({}) == 0
