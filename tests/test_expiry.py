@@ -124,8 +124,9 @@ async def test_an_expired_file_404s_at_once_and_the_sweeper_removes_it(short_liv
         # the sweeper removes it as a delete would: document, quota, counters, content
         service.expiry.start()
 
-        async def gone() -> bool:
-            return not (await client.get("/api/v1/files/", headers=headers)).json()["total_objects"]
+        async def gone() -> bool:  # the file, then its quota, then its content: the delete's order
+            listed = (await client.get("/api/v1/files/", headers=headers)).json()["total_objects"]
+            return not listed and await service.parts.db.blobs.find_one({"_id": sha256(data)}) is None
 
         await wait_until(gone, within=5, message="the sweeper to remove the expired file")  # it runs every 0.2 s
         assert await _used(service, jid) == 0
