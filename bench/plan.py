@@ -29,6 +29,8 @@ class Plan:
     disk_test_mb: int = 1000
     tcp_test_mb: int = 1000
     hash_test_mib: int = 256
+    deployment_mb: int = 200  # the GridFS vs local upload and download (bench/measure/deployment.py)
+    deployment_files: int = 2000  # the listed owner's files for the 1 vs 2 workers GET files/
 
     @classmethod
     def make(cls, quick: bool, files: tuple[int, ...] | None = None) -> Plan:
@@ -57,4 +59,5 @@ class Plan:
             disk_test_mb=256,
             tcp_test_mb=500,
             hash_test_mib=128,
+            deployment_mb=50,
         )

@@ -50,13 +50,18 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def total_rss_mib(pids: tuple[int, ...]) -> float:
+    return sum(rss_mib(pid) for pid in pids)
+
+
 class RssSampler:
     """Samples VmRSS every 50 ms in a thread while the `with` block runs; keeps the first value
-    (the baseline) and the peak."""
+    (the baseline) and the peak. With several pids (a supervisor's workers) it samples their sum
+    (pages the workers share since the fork are counted in each)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.baseline_mib = rss_mib(pid)
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self.baseline_mib = total_rss_mib(pids)
         self.peak_mib = self.baseline_mib
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -68,7 +73,7 @@ class RssSampler:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mib = max(self.peak_mib, rss_mib(self.pid))
+        self.peak_mib = max(self.peak_mib, total_rss_mib(self.pids))
 
     @property
     def growth_mib(self) -> float:
@@ -76,24 +81,31 @@ class RssSampler:
 
     def _sample(self) -> None:
         while not self._stop.wait(RSS_INTERVAL_S):
-            self.peak_mib = max(self.peak_mib, rss_mib(self.pid))
+            self.peak_mib = max(self.peak_mib, total_rss_mib(self.pids))
+
+
+def total_cpu_times(pids: int | tuple[int, ...]) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process, or summed over several."""
+    times = [cpu_times(pid) for pid in ((pids,) if isinstance(pids, int) else pids)]
+    return sum(user for user, _ in times), sum(system for _, system in times)
 
 
 class CpuMeter:
-    """CPU seconds used by some processes (and by this one) while the `with` block runs."""
+    """CPU seconds used by some processes (and by this one) while the `with` block runs; a name
+    may stand for several processes (a supervisor's workers), whose CPU is summed."""
 
-    def __init__(self, **pids: int) -> None:
+    def __init__(self, **pids: int | tuple[int, ...]) -> None:
         self.pids = pids
         self.used: dict[str, float] = {}
 
     def __enter__(self) -> CpuMeter:
-        self._start = {name: cpu_times(pid) for name, pid in self.pids.items()}
+        self._start = {name: total_cpu_times(pid) for name, pid in self.pids.items()}
         self._client = sum(os.times()[:2])
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         for name, pid in self.pids.items():
-            user, system = cpu_times(pid)
+            user, system = total_cpu_times(pid)
             self.used[name] = user + system - sum(self._start[name])
             self.used[f"{name}_system"] = system - self._start[name][1]
         self.used["client"] = sum(os.times()[:2]) - self._client

@@ -49,12 +49,15 @@ def service_env(tmp: Path, plan: Plan) -> dict[str, str]:
 class Server:
     """`python server.py`; the embedded database lives in `tmp/db`."""
 
-    def __init__(self, tmp: Path, plan: Plan) -> None:
+    def __init__(self, tmp: Path, plan: Plan, **settings: str) -> None:
+        """`settings`: more GALLERY_* variables, e.g. GALLERY_STORAGE_BACKEND="gridfs"."""
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.storage = tmp / "files"
         self.db_dir = tmp / "db"
         self.log_path = tmp / "server.log"
-        self.env = service_env(tmp, plan)
+        self.env = service_env(tmp, plan) | settings
+        self.processes = int(settings.get("GALLERY_SERVER_PROCESSES", "1"))
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.db_uri = ""
@@ -89,15 +92,26 @@ class Server:
         self.db_uri = f"mongodb://127.0.0.1:{port}/?retryWrites=false&directConnection=true"
 
     def _wait_serving(self) -> re.Match:
+        """The first "serving on" line, once every worker has logged one."""
         assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT
-        while not (found := _SERVING.search(self.log_text())):
+        while len(found := list(_SERVING.finditer(self.log_text()))) < self.processes:
             if self.process.poll() is not None:
                 raise BenchError(f"server.py exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
             if time.monotonic() > deadline:
                 raise BenchError(f"server.py did not serve within {START_TIMEOUT} s:\n{self.log_text()[-3000:]}")
             time.sleep(0.05)
-        return found
+        return found[0]
+
+    def service_pids(self) -> tuple[int, ...]:
+        """The processes that serve: server.py itself, or with several workers the supervisor's
+        children other than the embedded database (the idle supervisor is left out)."""
+        if self.processes <= 1:
+            return (self.pid,)
+        workers = tuple(pid for pid in procstat.children(self.pid) if "secantusd" not in procstat.cmdline(pid))
+        if len(workers) != self.processes:
+            raise BenchError(f"expected {self.processes} workers under pid {self.pid}, found {len(workers)}")
+        return workers
 
     def db_pid(self) -> int:
         for pid in procstat.children(self.pid):

@@ -42,7 +42,8 @@ class Session:
         return Connection(host, port)
 
     def meters(self) -> tuple[procstat.RssSampler, procstat.CpuMeter]:
-        return procstat.RssSampler(self.server.pid), procstat.CpuMeter(server=self.server.pid, db=self.db_pid)
+        pids = self.server.service_pids()
+        return procstat.RssSampler(*pids), procstat.CpuMeter(server=pids, db=self.db_pid)
 
     async def open_db(self) -> None:
         if str(ROOT) not in sys.path:
