@@ -79,6 +79,8 @@ class Context:
     @classmethod
     def build(cls, p: Parts) -> Context:
         s = p.settings
+        metrics = Metrics(p.xmpp_state)
+        p.db.commands.count = metrics.count_command
         files = FileManager(
             p.files,
             p.blobs,
@@ -101,7 +103,7 @@ class Context:
             avatars=AvatarManager(files, p.imaging, p.store),
             accounts=AccountManager(s, p.users, p.tokens, p.codes, p.ratelimits, p.files, files, p.code_sender),
             health=HealthManager(p.db, p.store, p.xmpp_state, p.component_state),
-            metrics=Metrics(p.xmpp_state, p.db.commands.counts),
+            metrics=metrics,
             slots=slots,
             prosody_share=ProsodyShare(s.prosody_share.secret, s.auth, p.files, p.users, files),
         )

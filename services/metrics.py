@@ -2,35 +2,21 @@
 
 With several worker processes (server.processes), the supervisor sets PROMETHEUS_MULTIPROC_DIR
 before it forks: every worker then keeps its counters and histograms in files there, and a scrape
-of any worker reads and sums them all (prometheus-client's multiprocess mode). The XMPP state and
-the database command counts are the answering worker's own.
+of any worker reads and sums them all (prometheus-client's multiprocess mode), the database
+commands too. The XMPP state is the answering worker's own.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 XMPP_STATES = ("connected", "connecting", "disconnected", "disabled")
-
-
-class CommandsCollector(Collector):
-    """gallery_db_commands_total{command}: the database commands sent, read from the client's
-    command listener (models.db.CommandCounter) whenever /metrics is rendered."""
-
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        self.counts = counts
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("gallery_db_commands", "Database commands sent, by command name.", labels=("command",))
-        for name, count in sorted(self.counts().items()):
-            family.add_metric((name,), count)
-        yield family
 
 
 class XmppStateCollector(Collector):
@@ -48,7 +34,7 @@ class XmppStateCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, xmpp_state: Callable[[], str], db_commands: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(self, xmpp_state: Callable[[], str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Histogram(
@@ -64,21 +50,21 @@ class Metrics:
         self.downloads = Counter("gallery_downloads", "Downloads by status.", ("status",), registry=r)
         self.expired = Counter("gallery_files_expired", "Expired files the expiry sweeper removed.", registry=r)
         self.db_errors = Counter("gallery_db_errors", "Requests that failed because the database did not answer.", registry=r)
+        self.db_commands = Counter("gallery_db_commands", "Database commands sent, by command name.", ("command",), registry=r)
         self.xmpp = XmppStateCollector(xmpp_state)
-        self.commands = CommandsCollector(db_commands) if db_commands is not None else None
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         if self.multiprocess_dir is None:
             r.register(self.xmpp)
-            if self.commands is not None:
-                r.register(self.commands)
+
+    def count_command(self, name: str) -> None:
+        """One database command sent (models.db.CommandCounter calls it)."""
+        self.db_commands.labels(name).inc()
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
-        # every worker's files, summed; this worker's XMPP state and database commands
+        # every worker's files, summed; this worker's XMPP state
         every = CollectorRegistry()
         MultiProcessCollector(every, self.multiprocess_dir)
         every.register(self.xmpp)
-        if self.commands is not None:
-            every.register(self.commands)
         return generate_latest(every)

@@ -292,6 +292,12 @@ async def test_worker_killed_mid_upload_while_the_others_serve(settings, tmp_pat
                 if line.startswith('gallery_uploads_total{outcome="stored"}')
             )
             assert count == 10 + len(results), "metrics sum over the workers"
+            inserts = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('gallery_db_commands_total{command="insert"}')
+            )
+            assert inserts >= count, "every worker's file inserts are among the database commands"
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 60)

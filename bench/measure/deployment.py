@@ -152,10 +152,7 @@ def rows(figures: Figures) -> list[Row]:
             cpu, base_cpu = item["median_server_cpu_s_per_gb"], base_item["median_server_cpu_s_per_gb"]
             note += f"; server CPU {cpu:.2f} vs {base_cpu:.2f} s/GB"
         out.append(Row(f"deployment: {label}, {base_what}", base_value, unit, commands=commands(base_item)))
-        # gallery_db_commands_total comes from each worker's own client: with 2 workers /metrics
-        # shows whichever worker answers, so a difference of two reads means nothing
-        item_commands = commands(item) if name != "workers_2" else None
-        out.append(Row(f"deployment: {label}, {what} ({note})", value, unit, commands=item_commands))
+        out.append(Row(f"deployment: {label}, {what} ({note})", value, unit, commands=commands(item)))
     return out
 
 
