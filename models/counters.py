@@ -274,24 +274,30 @@ def month_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[C
     return day_segments(start, doc.get("days") or {}, a, b, match)
 
 
-def day_segments(month: dt.datetime, days: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
+def _whole_units(
+    units: dict,
+    begin: Callable[[str], dt.datetime],
+    length: dt.timedelta,
+    tag: str,
+    a: dt.datetime,
+    b: dt.datetime,
+    match: Callable[[Cell], bool],
+) -> list[Segment]:
+    """The units (days of a month, hours of a day) that lie wholly within [a, b], counted."""
     out = []
-    for name, cells in days.items():
-        start = month.replace(day=int(name))
-        if a <= start and start + DAY <= b:
-            segment = Segment(start, start + DAY, "d")
+    for name, cells in units.items():
+        start = begin(name)
+        if a <= start and start + length <= b:
+            segment = Segment(start, start + length, tag)
             add_cells(segment.buckets, cells, match)
             out.append(segment)
     return out
+
+
+def day_segments(month: dt.datetime, days: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
+    return _whole_units(days, lambda name: month.replace(day=int(name)), DAY, "d", a, b, match)
 
 
 def hour_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
     day = dt.datetime.strptime(doc["key"], "%Y-%m-%d").replace(tzinfo=dt.UTC)
-    out = []
-    for name, cells in (doc.get("hours") or {}).items():
-        start = day.replace(hour=int(name))
-        if a <= start and start + HOUR <= b:
-            segment = Segment(start, start + HOUR, "h")
-            add_cells(segment.buckets, cells, match)
-            out.append(segment)
-    return out
+    return _whole_units(doc.get("hours") or {}, lambda name: day.replace(hour=int(name)), HOUR, "h", a, b, match)
