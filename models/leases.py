@@ -11,6 +11,7 @@ expired is taken over at once.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
@@ -25,9 +26,12 @@ class Leases:
         self.c = collection
 
     async def take_slot(self, owner: str, slots: int, holder: str, now: dt.datetime, expires: dt.datetime) -> str | None:
-        """One of the owner's `slots` slots, or None when every one is held."""
+        """One of the owner's `slots` slots, or None when every one is held. The slots are tried
+        from a random one on (each once), so uploads in flight rarely try a held slot first: from
+        slot 0, the n-th upload in flight tried n - 1 held ones, two commands each."""
+        first = secrets.randbelow(max(slots, 1))
         for k in range(slots):
-            slot = f"{owner}:{k}"
+            slot = f"{owner}:{(first + k) % slots}"
             for _attempt in range(2):
                 try:
                     await self.c.insert_one({"_id": slot, "scope": USER, "holder": holder, "expires": expires})
