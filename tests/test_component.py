@@ -371,6 +371,30 @@ async def test_a_disconnect_midway_charges_nothing_and_leaves_no_temp_file(galle
         assert (await c.get(get)).content == b"0123456789"
 
 
+async def test_a_client_gone_while_its_whole_upload_commits_leaves_a_used_slot(gallery, xmpp_user, prosody):
+    """The body arrived whole, then the client went while thumbnails were being made: the file is
+    stored and charged, so its slot is used, not failed (the file's GET link works)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (1800, 1800), opaque(1800 * 1800 * 3)).save(buffer, "PNG", compress_level=0)
+    data = buffer.getvalue()
+    alice = await uploader(xmpp_user)
+    put, headers, get = await _slot(gallery, alice, prosody, len(data), "noise.png", "image/png")
+    sock = await _raw_put(put, {**headers, "Content-Type": "image/png"}, len(data), data)
+    sock.close()  # at once: the answer comes after the thumbnails
+    async with httpx.AsyncClient() as c:
+
+        async def stored() -> bool:
+            return (await c.get(get)).status_code == 200
+
+        await wait_until(stored, within=30, message="the file")
+        await asyncio.sleep(0.5)  # the slot's state is set after the file
+        slot = await gallery.parts.db.slots.find_one({"name": "noise.png"})
+        assert slot["state"] == "used"
+        assert (await gallery.parts.users.quota(alice.jid)).used == len(data)
+
+
 async def test_a_slow_body_is_cut_off_by_the_body_timeout(settings, prosody, tmp_path, xmpp_user):
     settings.server.body_timeout = 1
     service = await start(settings, prosody, tmp_path)
