@@ -41,6 +41,7 @@ from services import evaluation
 from services.context import Context, Parts
 from services.expiry import ExpirySweeper
 from services.fsck import STALE_TEMP_SECONDS, fsck
+from services.presence import ALIVE_SECONDS, Presence, running
 from settings import HERE, Settings, SettingsError
 from storage import ContentStore
 from storage.backends import close_store, open_store
@@ -73,6 +74,7 @@ class Service:
         self.parts: Parts | None = None
         self.ctx: Context | None = None
         self.expiry: ExpirySweeper | None = None
+        self.presence: Presence | None = None
 
     @property
     def url(self) -> str:
@@ -99,6 +101,8 @@ class Service:
         if removed:
             log.info("removed %d stale temp files", removed)
         self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging))
+        self.presence = Presence(self.parts.servers)
+        await self.presence.start()  # from now on fsck refuses to run
         migrated = await self.parts.files.migrate(self.parts.file_ids)
         if migrated:
             log.info("gave %d files of an earlier version integer ids", migrated)
@@ -159,6 +163,8 @@ class Service:
             await self.parts.imaging.close()
         if self.store is not None:
             await asyncio.to_thread(close_store, self.store)
+        if self.presence is not None:
+            await self.presence.stop()
         if self.db is not None:
             await self.db.close()
         if self.embedded is not None:
@@ -190,6 +196,14 @@ async def repair(settings: Settings) -> int:
     store = open_store(settings, uri)
     try:
         parts = Parts(settings=settings, db=db, store=store)
+        busy = await running(parts.servers)
+        if busy:
+            print(
+                f"gallery: {len(busy)} server processes are running against this database ({', '.join(busy)}): "
+                f"stop every one first (a process that died stops counting {ALIVE_SECONDS} s after)",
+                file=sys.stderr,
+            )
+            return 2
         await asyncio.to_thread(store.prepare)
         # every process is stopped: no upload is in flight, every staging file is left over
         report = await fsck(parts, temp_age=0)

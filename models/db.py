@@ -44,6 +44,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("owner", ASCENDING), ("state", ASCENDING)]),
         IndexModel([("purge_at", ASCENDING)], expireAfterSeconds=0),
     ],
+    "servers": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
     "leases": [
         IndexModel([("expires", ASCENDING)], expireAfterSeconds=0),
         IndexModel([("scope", ASCENDING), ("expires", ASCENDING)]),
@@ -87,6 +88,7 @@ class Database:
         self.ratelimits: AsyncCollection = self.db.ratelimits
         self.slots: AsyncCollection = self.db.slots
         self.leases: AsyncCollection = self.db.leases
+        self.servers: AsyncCollection = self.db.servers
 
     async def ensure_indexes(self) -> None:
         for name, indexes in INDEXES.items():

@@ -14,6 +14,7 @@ from models.files import Files
 from models.leases import Leases
 from models.ratelimits import RateLimits
 from models.sequences import IdSequence
+from models.servers import Servers
 from models.slots import Slots
 from models.tokens import Tokens
 from models.users import Users
@@ -50,6 +51,7 @@ class Parts:
         self.ratelimits = RateLimits(self.db.ratelimits)
         self.file_ids = IdSequence(self.db.db["sequences"], "files")
         self.slots = Slots(self.db.slots)
+        self.servers = Servers(self.db.servers)
 
     def xmpp_state(self) -> str:
         return "disabled" if self.xmpp is None else self.xmpp.state

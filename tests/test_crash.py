@@ -145,3 +145,28 @@ async def test_sigkill_during_uploads_then_restart_and_fsck(settings, parts, tmp
     on_disk = await parts.store.contents()
     assert on_disk == {item["sha256"] for item in slots.values()}, "no orphan blob, none missing"
     assert {d["_id"] async for d in parts.db.blobs.find({})} == on_disk
+
+
+async def test_fsck_refuses_to_run_beside_a_running_server(settings, tmp_path):
+    """fsck removes content no file references yet and staging files: beside a running server
+    that is an upload in flight. It says which processes run and does nothing."""
+    env = server_env(settings)
+    proc, _ = await asyncio.to_thread(start_server, env, tmp_path / "server.log")
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(ROOT / "server.py"), "fsck"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2
+        assert f":{proc.pid}" in result.stderr and "stop every one first" in result.stderr
+        assert "store is consistent" not in result.stdout
+    finally:
+        await asyncio.to_thread(stop_process, proc)
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(ROOT / "server.py"), "fsck"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "store is consistent" in result.stdout, result.stderr
