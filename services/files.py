@@ -183,11 +183,6 @@ class FileManager:
             raise
         return Admission(owner, min(self.limits.max_file_size, quota.available), quota, gate)
 
-    async def expiring(self, owner: str) -> list[tuple[dt.datetime, int]]:
-        """(when, bytes) the owner's expiring files will give back, soonest first (at most
-        ROOM_SCAN of them)."""
-        return [(aware(d["expires_at"]), d["size"]) for d in await self._files.expiring(owner, utcnow(), ROOM_SCAN)]
-
     def overflow(self, received: int) -> TooLarge | QuotaExceeded:
         """What to answer when an upload's bytes pass its admission's limit."""
         return TooLarge(self.limits.max_file_size) if received > self.limits.max_file_size else QuotaExceeded()
@@ -463,18 +458,34 @@ class FileManager:
         """Up to `limit` files whose `expires_at` has come (for the expiry sweeper)."""
         return await self._files.expired(now, limit)
 
-    async def room_at(self, owner: str, needed: int, now: dt.datetime, sweep_interval: float) -> dt.datetime | None:
-        """When `owner` will have `needed` bytes free because their expiring files are removed
-        (at most `sweep_interval` after they expire); `now` when they have the room already, None
-        when expiry will not make it (for a "retry at" answer, such as XEP-0363's `<retry stamp>`)."""
-        short = needed - (await self._users.quota(owner)).available
+    async def room_at(
+        self,
+        owner: str,
+        needed: int,
+        pending: Sequence[tuple[dt.datetime, int]] = (),
+        quota: Quota | None = None,
+    ) -> dt.datetime | None:
+        """When `owner` will have `needed` bytes free, for a "retry at" answer (XEP-0363's
+        `<retry stamp>`): `now` when they have the room already; else the moment the owner's
+        expiring files (removed by the sweeper at most `retention.sweep_interval` after their
+        `expires_at`) and the other reservations in `pending` ((when, bytes) released at that
+        moment, such as issued XEP-0363 slots) have given back enough, rounded up to a whole
+        second; None when nothing that expires frees enough (or `needed` exceeds the quota)."""
+        quota = quota or await self._users.quota(owner)
+        now = utcnow()
+        short = quota.used + needed - quota.quota
         if short <= 0:
             return now
+        if needed > quota.quota:
+            return None
+        sweep = dt.timedelta(seconds=self.retention.sweep_interval)
+        files = [(aware(d["expires_at"]) + sweep, d["size"]) for d in await self._files.expiring(owner, now, ROOM_SCAN)]
         freed = 0
-        for doc in await self._files.expiring(owner, now, ROOM_SCAN):
-            freed += doc["size"]
+        for when, amount in sorted([(aware(when), amount) for when, amount in pending] + files):
+            freed += amount
             if freed >= short:
-                return aware(doc["expires_at"]) + dt.timedelta(seconds=sweep_interval)
+                moment = max(when, now)
+                return moment.replace(microsecond=0) + dt.timedelta(seconds=1) if moment.microsecond else moment
         return None
 
     async def slot_taken(self, slot_id: str) -> bool:

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from models.db import utcnow
 from models.slots import EXPIRED, FAILED, ISSUED, UPLOADING, USED, Slot, Slots
-from models.users import Quota, Users
+from models.users import Users
 from services import access
 from services.errors import (
     Conflict,
@@ -246,25 +246,11 @@ class SlotManager:
             f"quota exceeded: {human(quota.used)} of {human(quota.quota)} used, this file needs {human(size)}; "
             f"free space by deleting files at {public}/ or with the REST API (DELETE {public}/api/v1/files/)"
         )
-        retry = await self._room_at(owner, size, quota)
+        pending = [(s.expires, s.size) for s in await self.slots.issued_of(owner)]
+        retry = await self.files.room_at(owner, size, pending, quota)
         if retry is not None:
             return SlotRefused("wait", "resource-constraint", f"{text}; expiring uploads make room at {iso(retry)}", retry=retry)
         return SlotRefused("cancel", "resource-constraint", text)
-
-    async def _room_at(self, owner: str, size: int, quota: Quota) -> dt.datetime | None:
-        """When the owner's expiring files, and their issued slots not used by then, will have
-        made room for `size`; None when nothing that expires is enough."""
-        if size > quota.quota:
-            return None
-        needed = quota.used + size - quota.quota
-        freed = 0
-        pending = [(s.expires, s.size) for s in await self.slots.issued_of(owner)]
-        for when, amount in sorted(pending + await self.files.expiring(owner)):
-            freed += amount
-            if freed >= needed:
-                moment = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-                return moment.replace(microsecond=0) + dt.timedelta(seconds=1)
-        return None
 
     # -- tokens ----------------------------------------------------------------------------
     def _mac(self, slot: Slot, expires: int) -> bytes:

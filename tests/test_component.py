@@ -647,12 +647,22 @@ async def test_over_quota_with_expiring_files_retries_when_they_expire(gallery, 
     soon, later = now + dt.timedelta(hours=1), now + dt.timedelta(hours=2)
     await gallery.parts.db.files.update_one({"name": "soon.bin"}, {"$set": {"expires_at": soon}})
     await gallery.parts.db.files.update_one({"name": "later.bin"}, {"$set": {"expires_at": later}})
-    # 100 bytes free: 250 fit once soon.bin (200) is gone, 500 once later.bin is gone too
+    # 100 bytes free: 250 fit once soon.bin (200) is gone, 500 once later.bin is gone too; the
+    # sweeper removes an expired file within retention.sweep_interval, and the stamp says so
+    sweep = dt.timedelta(seconds=gallery.settings.retention.sweep_interval)
     for size, moment in ((250, soon), (500, later)):
         kind, condition, text, error = await refused(alice, prosody.component_jid, "new.bin", size)
         assert (kind, condition) == ("wait", "resource-constraint"), text
         stamp = dt.datetime.fromisoformat(error.find(f"{{{UPLOAD_NS}}}retry").get("stamp").replace("Z", "+00:00"))
-        assert moment <= stamp <= moment + dt.timedelta(seconds=2)
+        assert moment + sweep <= stamp <= moment + sweep + dt.timedelta(seconds=1)
+    # an issued slot, expiring before soon.bin, gives its room back first
+    await request_slot(alice, prosody.component_jid, "pending.bin", 100)
+    slot = await gallery.parts.db.slots.find_one({"name": "pending.bin"})
+    kind, condition, text, error = await refused(alice, prosody.component_jid, "new.bin", 100)
+    assert (kind, condition) == ("wait", "resource-constraint"), text
+    stamp = dt.datetime.fromisoformat(error.find(f"{{{UPLOAD_NS}}}retry").get("stamp").replace("Z", "+00:00"))
+    expires = slot["expires"].replace(tzinfo=dt.UTC)
+    assert expires <= stamp <= expires + dt.timedelta(seconds=1)
     # more than the expiring files free: no moment helps
     kind, condition, _, error = await refused(alice, prosody.component_jid, "new.bin", 800)
     assert (kind, condition) == ("cancel", "resource-constraint") and error.find(f"{{{UPLOAD_NS}}}retry") is None

@@ -219,23 +219,42 @@ async def test_fsck_removes_expired_files(short_lived, settings):
     assert (await fsck(service.parts)).expired_removed == 0
 
 
-async def test_room_at_says_when_expiring_files_free_enough(client, service):
-    """For a "retry at" answer (the XEP-0363 component's `<retry stamp>` when expiry will make
-    room): when the owner's expiring files, removed by the sweeper, free the bytes asked for."""
+async def test_room_at_says_when_expiring_files_and_pending_reservations_free_enough(client, service):
+    """The one "retry at" rule (the XEP-0363 component's `<retry stamp>`): when the owner's
+    expiring files, removed by the sweeper within `retention.sweep_interval` of their expiry, and
+    other pending reservations (issued slots, released at their own moment) free the bytes asked
+    for; rounded up to a whole second."""
     jid = "dave@example.org"
     headers = await login(service, jid)
     service.settings.retention.ephemeral = 1  # day; other contexts are kept
+    sweep = dt.timedelta(seconds=service.settings.retention.sweep_interval)
     files = service.ctx.files
-    now = dt.datetime.now(dt.UTC)
+
+    def whole(moment: dt.datetime) -> dt.datetime:
+        return moment.replace(microsecond=0) + dt.timedelta(seconds=1) if moment.microsecond else moment
+
     await service.parts.users.set_quota(jid, 10_000)
-    assert await files.room_at(jid, 10_000, now, 30) == now
+    before = dt.datetime.now(dt.UTC)
+    room = await files.room_at(jid, 10_000)
+    assert room is not None and before <= room <= dt.datetime.now(dt.UTC)  # room already: now
     assert (await upload(client, headers, opaque(3000), "kept.bin")).status_code == 201
     first = (await upload(client, headers, opaque(2000), "e1.bin", context="ephemeral")).json()
     second = (await upload(client, headers, opaque(4000), "e2.bin", context="ephemeral")).json()
     # 1000 bytes free; the first ephemeral file frees 2000 more, the second 4000 more
-    assert await files.room_at(jid, 1000, now, 30) == now
-    at = dt.datetime.fromisoformat(first["expires_at"]) + dt.timedelta(seconds=30)
-    assert await files.room_at(jid, 3000, now, 30) == at
-    at = dt.datetime.fromisoformat(second["expires_at"]) + dt.timedelta(seconds=30)
-    assert await files.room_at(jid, 7000, now, 30) == at
-    assert await files.room_at(jid, 7001, now, 30) is None  # the kept file never frees its room
+    room = await files.room_at(jid, 1000)
+    assert room is not None and room <= dt.datetime.now(dt.UTC)
+    first_at = whole(dt.datetime.fromisoformat(first["expires_at"]) + sweep)
+    second_at = whole(dt.datetime.fromisoformat(second["expires_at"]) + sweep)
+    assert await files.room_at(jid, 3000) == first_at
+    assert await files.room_at(jid, 7000) == second_at
+    assert await files.room_at(jid, 7001) is None  # the kept file never frees its room
+    assert await files.room_at(jid, 10_001) is None  # more than the whole quota never fits
+    # a reservation released sooner than the files (an issued slot expiring) comes first ...
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5, microseconds=1)
+    assert await files.room_at(jid, 3000, [(soon, 2000)]) == whole(soon)
+    # ... and adds up with them: 2000 + 2000 from the first file make 5000 with the free 1000
+    assert await files.room_at(jid, 5000, [(soon, 2000)]) == first_at
+    assert await files.room_at(jid, 9000, [(soon, 2000)]) == second_at
+    # a moment already past (a slot not swept yet) is now, never the past
+    room = await files.room_at(jid, 3000, [(soon - dt.timedelta(hours=1), 2000)])
+    assert room is not None and dt.timedelta(0) <= room - before <= dt.timedelta(seconds=30)
