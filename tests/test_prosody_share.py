@@ -21,12 +21,13 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import pytest
 import yaml
+from PIL import Image
 from slixmpp import JID
 
 from handlers import prosody_share
 from server import Service
 from tests.helpers import GIF, ROOT, assert_error, login, opaque, sha256, stored, upload, user_doc, wait_until
-from tests.prosody import Prosody, XmppUser, free_port
+from tests.prosody import Prosody, XmppUser, configure_component, free_port
 from tests.test_ops import _methods, _route_to_openapi
 
 SECRET = "prosody-share-secret-for-tests"
@@ -146,6 +147,82 @@ async def test_slixmpp_uploads_through_prosody_into_the_users_gallery(gallery, h
     # deletable like any file: the share URL then answers 404
     assert (await http.request("DELETE", "/api/v1/files/", headers=headers, params={"id": item["id"]})).status_code == 200
     assert_error(await http.get(url), 404)
+
+
+def png(side: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 40, 90)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def test_files_from_all_three_doors_in_one_listing_quota_and_stats(make_service, share_prosody, settings):
+    """One user uploads through every door at once: REST files/upload/, gallery's own XEP-0363
+    component (slixmpp's upload_file on one device) and Prosody's http_file_share with its JWT
+    (upload_file on another device, which finds share.localhost). All three files are theirs:
+    listed by GET files/, their sizes summed in the quota, counted by type in the stats, each
+    served; deleting one gives back exactly its size."""
+    server, port = share_prosody
+    configure_component(settings, server)
+    gallery = await make_service(server={"port": port}, prosody_share={"secret": SECRET})
+    assert gallery.parts is not None and gallery.parts.component is not None
+    component = gallery.parts.component
+    await wait_until(lambda: component.state == "connected", 10, "the component's session")
+    jid = server.jid("alice")
+    headers = await login(gallery, jid)
+    rest_data, component_data, share_data = opaque(300), png(48), opaque(700)
+    phone, laptop = XmppUser(server, "alice"), XmppUser(server, "alice")  # two devices of alice's
+    for device in (phone, laptop):
+        device.client.register_plugin("xep_0363")
+        await device.connect()
+    try:
+        async with httpx.AsyncClient(base_url=gallery.url, timeout=30) as http:
+            r = await upload(http, headers, rest_data, "rest.bin")
+            assert r.status_code == 201, r.text
+            component_url = await phone.client.plugin["xep_0363"].upload_file(
+                "component.png",
+                input_file=io.BytesIO(component_data),
+                size=len(component_data),
+                content_type="image/png",
+                domain=JID(server.component_jid),
+                timeout=15,
+            )
+            share_url = await laptop.client.plugin["xep_0363"].upload_file(
+                "share.bin", input_file=io.BytesIO(share_data), size=len(share_data), domain=JID(SHARE), timeout=15
+            )
+            # each door's own URL: the component's GET is a /media/ link, Prosody's the share path
+            assert urlsplit(component_url).path.startswith("/media/")
+            assert urlsplit(share_url).path.startswith("/share/")
+            assert (await http.get(component_url)).content == component_data
+            assert (await http.get(share_url)).content == share_data
+
+            listing = (await http.get("/api/v1/files/", headers=headers)).json()
+            assert listing["total_objects"] == 3
+            items = {item["name"]: item for item in listing["items"]}
+            assert set(items) == {"rest.bin", "component.png", "share.bin"}
+            for name, data in (("rest.bin", rest_data), ("component.png", component_data), ("share.bin", share_data)):
+                assert items[name]["size"] == len(data) and items[name]["sha256"] == sha256(data)
+                assert (await http.get(items[name]["file"])).content == data
+            assert items["component.png"]["context"] == "message" and items["share.bin"]["context"] == "message"
+            assert items["component.png"]["thumbnail"] is not None  # the same pipeline for every door
+
+            total = len(rest_data) + len(component_data) + len(share_data)
+            quota = (await http.get("/api/v1/account/quota/", headers=headers)).json()
+            assert quota["used"] == total
+            stats = (await http.get("/api/v1/files/stats/", headers=headers)).json()
+            assert stats["total"] == {"count": 3, "used": total}
+            assert stats["images"] == {"count": 1, "used": len(component_data)}
+            assert stats["files"] == {"count": 2, "used": len(rest_data) + len(share_data)}
+            assert stats["used"] == total
+
+            # deleting the Prosody-door file gives back its size alone; its share URL is gone
+            r = await http.delete("/api/v1/files/", params={"id": items["share.bin"]["id"]}, headers=headers)
+            assert r.status_code == 200 and r.json()["used"] == total - len(share_data)
+            assert_error(await http.get(share_url), 404)
+            stats = (await http.get("/api/v1/files/stats/", headers=headers)).json()
+            assert stats["total"] == {"count": 2, "used": total - len(share_data)}
+    finally:
+        for device in (phone, laptop):
+            await device.disconnect()
 
 
 async def test_put_answers_as_prosodys_own_handler(gallery, http, alice):
