@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.prosody import COMPONENT_SECRET, USERS, free_port
+from testbed.prosody import free_port
+from tests.prosody import COMPONENT_SECRET, USERS
 
 DOMAIN = "localhost"
 

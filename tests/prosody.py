@@ -1,9 +1,8 @@
 """A throwaway Prosody for the tests (Debian's `prosody` package), and slixmpp test users.
 
-The server runs as a subprocess with a generated config and all its data in a temp dir, on a free
-loopback port, without TLS (the service is configured with `xmpp.require_tls: false`). Readiness is
-this process's own log line "Activated service 'c2s' on [127.0.0.1]:PORT", not just an open port:
-another Prosody on the machine could own the port.
+The process itself (config core, free ports, readiness from its own log line, stop) is
+testbed/prosody.py, which the benchmark uses too; the service is configured with
+`xmpp.require_tls: false`.
 """
 
 from __future__ import annotations
@@ -12,12 +11,9 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +22,8 @@ import pytest
 from slixmpp import JID, ClientXMPP, Iq, Message
 
 from settings import Settings
-from tests.helpers import bearer, stop_process
+from testbed.prosody import ProsodyProcess
+from tests.helpers import bearer
 
 DOMAIN = "localhost"
 PLUGINS = Path(__file__).resolve().parent.parent / "contrib" / "prosody"  # mod_gallery_discovery
@@ -47,27 +44,12 @@ ACCOUNT = "/api/v1/account/"
 QUOTA = "/api/v1/account/quota/"
 LIST = "/api/v1/account/list/"
 
+# after the shared core (testbed/prosody.py): the service's account's server, discovery, a second
+# host, and the component
 CONFIG = """\
-run_as_root = true
-data_path = "{dir}/data"
-certificates = "{dir}/certs"
-pidfile = "{dir}/prosody.pid"
-log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{dir}/prosody.log" }} }}
-
-interfaces = {{ "127.0.0.1" }}
-local_interfaces = {{ "127.0.0.1" }}
-c2s_ports = {{ {port} }}
-s2s_ports = {{ }}
-component_ports = {{ {component_port} }}
-component_interfaces = {{ "127.0.0.1" }}
 plugin_paths = {{ "{plugins}" }}
 modules_enabled = {{ "roster", "saslauth", "disco", "ping", "gallery_discovery" }}
 gallery_url = "{gallery_url}"
-modules_disabled = {{ "s2s", "s2s_auth_certs" }}
-
-authentication = "internal_plain"
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
 
 VirtualHost "{domain}"
 
@@ -79,43 +61,19 @@ Component "upload.{domain}"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class Prosody:
-    """One Prosody process; start() and stop() may be called again (same port, same data)."""
+class Prosody(ProsodyProcess):
+    """The tests' Prosody: their accounts, the discovery module, a second host, the component."""
 
-    dir: Path
-    port: int = field(default_factory=free_port)
-    component_port: int = field(default_factory=free_port)
     domain: str = DOMAIN
-    host: str = "127.0.0.1"
     gallery_url: str = GALLERY_URL
-    process: subprocess.Popen | None = None
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "prosody.cfg.lua"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "prosody.log"
 
     def prepare(self) -> None:
-        (self.dir / "data").mkdir(parents=True, exist_ok=True)
-        (self.dir / "certs").mkdir(exist_ok=True)
-        self.config.write_text(
+        self.write_config(
             CONFIG.format(
-                dir=self.dir,
-                port=self.port,
                 domain=self.domain,
                 plugins=PLUGINS,
                 gallery_url=self.gallery_url,
-                component_port=self.component_port,
                 component_secret=COMPONENT_SECRET,
                 other_domain=OTHER_DOMAIN,
             )
@@ -131,49 +89,7 @@ class Prosody:
         return f"upload.{self.domain}"
 
     def register(self, user: str, password: str, domain: str | None = None) -> None:
-        subprocess.run(
-            ["prosodyctl", "--config", str(self.config), "register", user, domain or self.domain, password],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-    def start(self, timeout: float = 15) -> None:
-        assert self.process is None, "already running"
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.dir / "stdout.log", "ab") as out:
-            self.process = subprocess.Popen(
-                ["prosody", "-F", "--config", str(self.config)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        self._wait_ready(offset, timeout)
-
-    def _wait_ready(self, offset: int, timeout: float) -> None:
-        assert self.process is not None
-        line = f"Activated service 'c2s' on [127.0.0.1]:{self.port}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prosody exited with {self.process.returncode}: {self._log_since(offset)}")
-            if line in self._log_since(offset):
-                try:
-                    socket.create_connection((self.host, self.port), timeout=1).close()
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"prosody not ready on port {self.port}: {self._log_since(offset)}")
-
-    def _log_since(self, offset: int) -> str:
-        if not self.log.exists():
-            return ""
-        with open(self.log, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_process(process, grace=10)
+        super().register(user, password, domain or self.domain)
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"

@@ -26,8 +26,9 @@ from slixmpp import JID
 
 from handlers import prosody_share
 from server import Service
+from testbed.prosody import free_port
 from tests.helpers import GIF, ROOT, assert_error, login, opaque, sha256, stored, upload, user_doc, wait_until
-from tests.prosody import Prosody, XmppUser, configure_component, free_port
+from tests.prosody import Prosody, XmppUser, configure_component
 from tests.test_ops import _methods, _route_to_openapi
 
 SECRET = "prosody-share-secret-for-tests"

@@ -1,0 +1,1 @@
+"""Real servers the tests and the benchmark run against (not part of the service)."""
