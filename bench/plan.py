@@ -31,6 +31,11 @@ class Plan:
     hash_test_mib: int = 256
     deployment_mb: int = 200  # the GridFS vs local upload and download (bench/measure/deployment.py)
     deployment_files: int = 2000  # the listed owner's files for the 1 vs 2 workers GET files/
+    # through the XEP-0363 component (bench/measure/component.py), one round each: slot requests,
+    # 4 KiB PUTs on the first of those slots, 4 KiB uploads with their slot; plan.large_mb MB PUTs
+    component_slots: int = 600
+    component_uploads: int = 300
+    component_large_repeats: int = 2
 
     @classmethod
     def make(cls, quick: bool, files: tuple[int, ...] | None = None) -> Plan:
@@ -60,4 +65,7 @@ class Plan:
             tcp_test_mb=500,
             hash_test_mib=128,
             deployment_mb=50,
+            component_slots=200,
+            component_uploads=100,
+            component_large_repeats=1,
         )

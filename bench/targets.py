@@ -1,7 +1,7 @@
 """Every performance target the project has set, in one table, each judged on one run's own
 figures (its machine limits and its peer): met, not met, or not measured in this run.
 
-`from` says where a target was set: issue 13 (by point) or earlier work (docs/performance.md)."""
+`from` says where a target was set: issue 13 or 11 (by point) or earlier work (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -119,6 +119,17 @@ def full_run(f: Figures) -> Verdict | None:
     return Verdict(f"{seconds / 60:.1f} min", seconds < FULL_RUN_SECONDS)
 
 
+def component_figure(figures: Figures, key: str, field: str) -> float | None:
+    """A figure of the XEP-0363 component measurement (None when it was not measured)."""
+    found = figures.get("component") or {}
+    item = found.get(key) if found.get("available") else None
+    return item.get(f"median_{field}") if item else None
+
+
+def component_peer(key: str, field: str, peer_field: str) -> Judge:
+    return lambda f: ratio_at_least(component_figure(f, key, field), f.peer_figure("small", peer_field), 1, "/s", "Prosody")
+
+
 def listing_targets() -> tuple[Target, ...]:
     found: list[Target] = []
     for key in LIST_KEYS:
@@ -168,6 +179,21 @@ TARGETS: tuple[Target, ...] = (
         lambda f: ratio_at_least(median(f, "download_whole", "mb_s"), f.machine["loopback_tcp_mb_s"], 0.6, "MB/s", "loopback"),
     ),
     Target("download 200 MB: ≥ 2 × Prosody", "earlier", peer_ratio("download_whole", "mb_s", "large", "get_mb_s", 2, "MB/s")),
+    Target(
+        "XEP-0363 slot requests through the component, 16 in flight: ≥ Prosody's",
+        "issue 11.10",
+        component_peer("slots", "per_s", "slots_per_s"),
+    ),
+    Target(
+        "4 KiB uploads through the component (slot + PUT), 16 in flight: ≥ Prosody's",
+        "issue 11.10",
+        component_peer("uploads", "per_s", "uploads_per_s_slot_included"),
+    ),
+    Target(
+        "PUT 200 MB through the component: ≥ 0.5 × md5 on one core",
+        "issue 11.10 (as 13.6)",
+        lambda f: ratio_at_least(component_figure(f, "large", "mb_s"), f.machine["md5_mb_s"], 0.5, "MB/s", "md5"),
+    ),
     *listing_targets(),
     Target("GET files/, page 1: ≥ 1000/s at 10 000 files", "earlier", listing_rate("list_first", 1000)),
     Target("GET files/stats/: ≥ 1000/s at 10 000 files", "earlier", listing_rate("stats", 1000)),

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from bench.measure import avatars, concurrent, dedup, deployment, downloads, listing, small, uploads
+from bench.measure import avatars, component, concurrent, dedup, deployment, downloads, listing, small, uploads
 
-MEASUREMENTS = (uploads, concurrent, small, dedup, downloads, listing, avatars, deployment)
+MEASUREMENTS = (uploads, concurrent, small, dedup, downloads, listing, avatars, component, deployment)
 BY_NAME = {module.NAME: module for module in MEASUREMENTS}

@@ -14,19 +14,15 @@ Each service is `python server.py` with its own embedded database and storage di
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import Awaitable, Callable
 
-from bench import seed
+from bench import own, seed
 from bench.client import expect, media_path, run_pool, upload_once
 from bench.common import MB, BenchError, progress
 from bench.fixtures import close_parts, unique_content
 from bench.measure import downloads, listing, small, uploads
 from bench.rows import Figures, Row, commands
-from bench.server import Server
 from bench.session import Session
 from bench.stats import with_summary
 
@@ -40,24 +36,7 @@ CONFIGS = {
 
 async def with_service(session: Session, name: str, measure: Callable[[Session], Awaitable[dict]]) -> dict:
     """Start `python server.py` with configuration `name`, run `measure` on it, stop it."""
-    tmp = session.tmp / f"deployment-{name}"
-    server = Server(tmp, session.plan, **CONFIGS[name])
-    other = Session(session.plan, server, tmp, session.large, session.part, None)
-    progress(f"deployment: starting the service with {CONFIGS[name] or 'the defaults'}")
-    try:
-        await asyncio.to_thread(server.start)
-        await other.open_db()
-        try:
-            warm = await other.new_user("deployment-warmup")  # the first request of each kind costs more
-            expect(await upload_once(other, warm, [os.urandom(4096)], 4096, "warmup.bin"), 201, "warm-up upload")
-            return await measure(other)
-        finally:
-            await other.close_db()
-    except BaseException:
-        print(f"--- deployment {name}: server.log (last lines) ---\n{server.log_text()[-3000:]}", file=sys.stderr)
-        raise
-    finally:
-        await asyncio.to_thread(server.stop)
+    return await own.with_service(session, f"deployment-{name}", CONFIGS[name], measure)
 
 
 async def storage_figures(session: Session) -> dict:
