@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench.common import REQUEST_TIMEOUT, BenchError
@@ -63,35 +64,59 @@ async def get_once(session: Session, route: str, user: User | None = None) -> Re
         conn.close()
 
 
+async def db_commands_by_name(session: Session) -> dict[str, float] | None:
+    """The database commands the service has sent so far, by command name (from /metrics),
+    None if it does not say."""
+    response = await get_once(session, "/metrics")
+    found: dict[str, float] = {}
+    for line in response.body.decode().splitlines():
+        if line.startswith(COMMANDS_METRIC):
+            labels, _, value = line.rpartition(" ")
+            name = labels.partition('command="')[2].partition('"')[0]
+            found[name] = found.get(name, 0.0) + float(value)
+    return found if response.status == 200 and found else None
+
+
 async def db_commands(session: Session) -> float | None:
     """The database commands the service has sent so far (from /metrics), None if it does not say."""
-    response = await get_once(session, "/metrics")
-    lines = [line for line in response.body.decode().splitlines() if line.startswith(COMMANDS_METRIC)]
-    return sum(float(line.rpartition(" ")[2]) for line in lines) if response.status == 200 and lines else None
+    found = await db_commands_by_name(session)
+    return sum(found.values()) if found is not None else None
 
 
 class CommandCount:
     """The service's database commands while the `async with` block runs (read from /metrics
-    before and after, so one request more on each side, which sends none)."""
+    before and after, so one request more on each side, which sends none), in all and by name."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.before: float | None = None
+        self.before: dict[str, float] | None = None
         self.used: float | None = None
+        self.by_name: dict[str, float] = {}
 
     async def __aenter__(self) -> CommandCount:
-        self.before = await db_commands(self.session)
+        self.before = await db_commands_by_name(self.session)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        after = await db_commands(self.session)
-        self.used = None if after is None or self.before is None else after - self.before
+        after = await db_commands_by_name(self.session)
+        if after is None or self.before is None:
+            self.used = None
+            return
+        before = self.before
+        self.by_name = {name: count - before.get(name, 0.0) for name, count in after.items() if count != before.get(name)}
+        self.used = sum(self.by_name.values())
 
-    def figures(self, requests: int) -> dict[str, float]:
-        """{"db_commands", "db_commands_per_request"}, or nothing if the service does not count."""
+    def figures(self, requests: int) -> dict[str, Any]:
+        """{"db_commands", "db_commands_per_request", "db_commands_by_name"} (the last per
+        request), or nothing if the service does not count."""
         if self.used is None:
             return {}
-        return {"db_commands": self.used, "db_commands_per_request": self.used / max(requests, 1)}
+        per = max(requests, 1)
+        return {
+            "db_commands": self.used,
+            "db_commands_per_request": self.used / per,
+            "db_commands_by_name": {name: count / per for name, count in sorted(self.by_name.items())},
+        }
 
 
 async def run_pool(
