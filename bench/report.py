@@ -39,7 +39,10 @@ def header(results: dict) -> str:
 
 def table_line(row: Row) -> str:
     ratio = f"{row.value / row.limit:.2f}" if row.value is not None and row.limit else ""
-    peer_ratio = f"{row.value / row.peer:.1f}×" if row.value is not None and row.peer else ""
+    peer_ratio = ""
+    if row.value is not None and row.peer:
+        share = row.value / row.peer
+        peer_ratio = f"{share:.1f}×" if share >= 0.095 else f"{share:.2f}×"  # 0.047 is not 0.0×
     note = f" ({row.note})" if row.note else ""
     commands = "" if row.commands is None else f"{row.commands:.1f}"
     return (
