@@ -255,6 +255,11 @@ async def test_room_at_says_when_expiring_files_and_pending_reservations_free_en
     # ... and adds up with them: 2000 + 2000 from the first file make 5000 with the free 1000
     assert await files.room_at(jid, 5000, [(soon, 2000)]) == first_at
     assert await files.room_at(jid, 9000, [(soon, 2000)]) == second_at
+    # a quota lowered below what is used: the excess must go too (9000 used of 8000, 1500 more
+    # needs 2500 freed: both files), not just the 1500 asked for
+    await service.parts.users.set_quota(jid, 8000)
+    assert await files.room_at(jid, 1500) == second_at
+    await service.parts.users.set_quota(jid, 10_000)
     # a moment already past (a slot not swept yet) is now, never the past
     room = await files.room_at(jid, 3000, [(soon - dt.timedelta(hours=1), 2000)])
     assert room is not None and dt.timedelta(0) <= room - before <= dt.timedelta(seconds=30)
