@@ -240,11 +240,17 @@ async def test_room_at_says_when_expiring_files_and_pending_reservations_free_en
     assert (await upload(client, headers, opaque(3000), "kept.bin")).status_code == 201
     first = (await upload(client, headers, opaque(2000), "e1.bin", context="ephemeral")).json()
     second = (await upload(client, headers, opaque(4000), "e2.bin", context="ephemeral")).json()
+    assert first["expires_at"] and second["expires_at"]
+    # an hour apart (a day's retention gives both the same second), the first not on a whole second
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    expires = {"e1.bin": now + dt.timedelta(hours=1, milliseconds=300), "e2.bin": now + dt.timedelta(hours=2)}
+    for name, moment in expires.items():
+        await service.parts.db.files.update_one({"name": name}, {"$set": {"expires_at": moment}})
     # 1000 bytes free; the first ephemeral file frees 2000 more, the second 4000 more
     room = await files.room_at(jid, 1000)
     assert room is not None and room <= dt.datetime.now(dt.UTC)
-    first_at = whole(dt.datetime.fromisoformat(first["expires_at"]) + sweep)
-    second_at = whole(dt.datetime.fromisoformat(second["expires_at"]) + sweep)
+    first_at, second_at = whole(expires["e1.bin"] + sweep), whole(expires["e2.bin"] + sweep)
+    assert first_at == now + dt.timedelta(hours=1, seconds=1) + sweep  # rounded up to a whole second
     assert await files.room_at(jid, 3000) == first_at
     assert await files.room_at(jid, 7000) == second_at
     assert await files.room_at(jid, 7001) is None  # the kept file never frees its room
