@@ -1,11 +1,12 @@
 """leases: the uploads in flight in the whole deployment.
 
-Every admitted upload holds two leases: one of its owner's numbered slots (`_id` "<owner>:<k>",
-k below the per-user limit; the unique `_id` is what makes the limit exact), and one global lease
-(an ObjectId, counted against the global limit). Each names its `holder` (the server process,
-which renews all its leases every few seconds) and `expires`, when it stops counting if its holder
-died without giving it back; the TTL index removes expired leases later, and a slot whose lease
-expired is taken over at once.
+Every admitted upload holds exactly one lease: one of its owner's numbered slots (`_id`
+"<owner>:<k>", k below the per-user limit; the unique `_id` is what makes that limit exact). The
+same documents, counted, are the uploads in flight in the whole deployment (the global limit,
+services/admission.py). Each names its `holder` (the server process, which renews all its leases
+every few seconds) and `expires`, when it stops counting if its holder died without giving it
+back; the TTL index removes expired leases later, and a slot whose lease expired is taken over at
+once.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-USER = "user"
-ALL = "all"
+USER = "user"  # (an earlier version also kept "all" leases: one per upload, beside its slot)
 
 
 class Leases:
@@ -43,17 +42,12 @@ class Leases:
                         break
         return None
 
-    async def take(self, holder: str, expires: dt.datetime) -> ObjectId:
-        """A global lease; counted by every process from now on."""
-        lease = ObjectId()
-        await self.c.insert_one({"_id": lease, "scope": ALL, "holder": holder, "expires": expires})
-        return lease
-
     async def count(self, now: dt.datetime) -> int:
-        """Unexpired global leases."""
-        return await self.c.count_documents({"scope": ALL, "expires": {"$gt": now}})
+        """Unexpired slots of every owner: the uploads in flight in the whole deployment (a range
+        read of the (scope, expires) index)."""
+        return await self.c.count_documents({"scope": USER, "expires": {"$gt": now}})
 
-    async def drop(self, lease: ObjectId | str, holder: str) -> None:
+    async def drop(self, lease: str, holder: str) -> None:
         await self.c.delete_one({"_id": lease, "holder": holder})
 
     async def renew(self, holder: str, expires: dt.datetime) -> int:

@@ -5,10 +5,14 @@ worker processes and machines. A process renews its leases every RENEW_SECONDS; 
 dies stops renewing, and its leases stop counting LEASE_SECONDS later.
 
 The per-user limit is exact: an upload takes one of its owner's numbered slots, each a document
-with a unique `_id`, so no more than that many exist. The global limit inserts a lease first and
-counts second: of any set of leases alive at one moment, the one inserted last counted them all,
-so it was refused if they were more than the limit; it is never overrun (in a burst past the
-limit, racing uploads may all be refused: 503 with Retry-After, as for any overload).
+with a unique `_id`, so no more than that many exist. Every admitted upload holds exactly one such
+slot from before it is admitted until it ends, so the slots of all owners, counted, are the uploads
+in flight in the deployment: the global limit inserts (the slot) first and counts second. Of any
+set of admitted uploads in flight at one moment, the one whose slot was inserted last counted
+after every other slot of the set had been inserted and before any of them was given back, so it
+was refused if they were more than the limit; the global limit is never overrun (in a burst past
+the limit, racing uploads may all be refused: 503 with Retry-After, as for any overload). An upload
+costs three lease commands: the slot's insert, the count, the slot's delete.
 """
 
 from __future__ import annotations
@@ -21,8 +25,6 @@ import os
 import secrets
 import socket
 from collections import Counter
-
-from bson import ObjectId
 
 from models.db import utcnow
 from models.leases import Leases
@@ -43,7 +45,7 @@ class UploadGate:
         self.total = total
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.active: Counter[str] = Counter()  # this process's admitted uploads, per owner
-        self._held: dict[str, list[tuple[str, ObjectId]]] = {}  # owner -> (slot, global lease)
+        self._held: dict[str, list[str]] = {}  # owner -> the slots its uploads hold
         self._pending: dict[asyncio.Task, str] = {}  # leases being given back -> their owner
         self._renewer: asyncio.Task | None = None
         self.closed = False  # shutting down: no new uploads
@@ -77,16 +79,15 @@ class UploadGate:
                 await asyncio.sleep(SLOT_WAIT)
         if slot is None:
             raise RateLimited(f"at most {self.per_user} uploads at once", 1)
-        lease: ObjectId | None = None
         try:
-            lease = await self.leases.take(self.holder, self._expiry())
+            # the slot just taken is counted too: insert first, count second (the docstring)
             if await self.leases.count(utcnow()) > self.total:
                 raise Unavailable("too many uploads in progress", retry_after=1)
         except BaseException:
-            await asyncio.shield(self._drop(slot, lease))
+            await asyncio.shield(self._drop(slot))
             raise
         self.active[owner] += 1
-        self._held.setdefault(owner, []).append((slot, lease))
+        self._held.setdefault(owner, []).append(slot)
         self._idle.clear()
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.ensure_future(self._renew())
@@ -96,13 +97,13 @@ class UploadGate:
         held = self._held.get(owner)
         if not held:
             return
-        slot, lease = held.pop()
+        slot = held.pop()
         if not held:
             del self._held[owner]
         self.active[owner] -= 1
         if self.active[owner] <= 0:
             del self.active[owner]
-        task = asyncio.ensure_future(self._drop(slot, lease))
+        task = asyncio.ensure_future(self._drop(slot))
         self._pending[task] = owner
         task.add_done_callback(self._given_back)
 
@@ -111,11 +112,9 @@ class UploadGate:
         if not self.active and not self._pending:
             self._idle.set()
 
-    async def _drop(self, slot: str, lease: ObjectId | None) -> None:
+    async def _drop(self, slot: str) -> None:
         try:
             await self.leases.drop(slot, self.holder)
-            if lease is not None:
-                await self.leases.drop(lease, self.holder)
         except Exception as exc:  # the lease expires on its own
             log.warning("could not give back an upload lease: %s", exc)
 

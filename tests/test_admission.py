@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import pytest
 
@@ -76,8 +75,10 @@ async def test_a_dead_holders_leases_stop_counting(db, monkeypatch):
     other = UploadGate(Leases(db.leases), 1, 100)
     with pytest.raises(RateLimited):
         await other.enter("d@example.org")
-    expired = await db.leases.find_one({"holder": dead.holder})
-    assert expired is not None and expired["expires"] < utcnow() + dt.timedelta(seconds=1)
+    # the dead holder's one lease (its slot) was freed by the taker, whose renewed lease holds it
+    assert await db.leases.count_documents({"holder": dead.holder}) == 0
+    held = await db.leases.find_one({"_id": "d@example.org:0"})
+    assert held is not None and held["holder"] == live.holder and held["expires"] > utcnow()
     await live.close()
     await other.close()
     assert await db.leases.count_documents({"holder": live.holder}) == 0
@@ -96,4 +97,30 @@ async def test_refused_enter_leaves_no_lease(db):
         await gate.enter("s@example.org")
     gate.leave("r@example.org")
     assert await gate.drain(5) == 0
+    assert await db.leases.count_documents({}) == 0
+
+
+async def test_an_upload_holds_one_lease_document_and_costs_three_commands(db):
+    """The global limit counts the per-user slots (no second lease per upload): one document per
+    upload in flight, and entering and leaving cost the slot's insert, the count and the slot's
+    delete."""
+    sent: list[str] = []
+    db.commands.count = sent.append
+    gate = UploadGate(Leases(db.leases), 4, 2)
+    await gate.enter("a@example.org")
+    await gate.enter("b@example.org")
+    assert await db.leases.count_documents({}) == 2  # one document per upload in flight
+    assert await Leases(db.leases).count(utcnow()) == 2
+    with pytest.raises(Unavailable):  # two in flight: the global limit (2) is reached
+        await gate.enter("c@example.org")
+    sent.clear()
+    gate.leave("a@example.org")
+    assert await gate.drain(5) == 1
+    gate.closed = False
+    await gate.enter("c@example.org")  # room again
+    gate.leave("c@example.org")
+    gate.leave("b@example.org")
+    assert await gate.drain(5) == 0
+    db.commands.count = lambda name: None
+    assert sent == ["delete", "insert", "aggregate", "delete", "delete"]
     assert await db.leases.count_documents({}) == 0
