@@ -2,11 +2,14 @@
 
 The reference protocol (services/refs.py, argued in docs/architecture.md) needs only these single
 document operations, each atomic on its own: a reference is added only to a document that is not
-being deleted; a document is marked for deletion only at zero references, by one caller (the
-marker is a token); only the holder of the marker deletes the document.
+being deleted, or the document is created with it; a document is marked for deletion only at zero
+references, by one caller (the marker is a token); only the holder of the marker deletes the
+document.
 """
 
 from __future__ import annotations
+
+import enum
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -14,23 +17,35 @@ from pymongo.errors import DuplicateKeyError
 from models.db import utcnow
 
 
+class Taken(enum.Enum):
+    ADDED = "added"  # one more reference to a document that is not being deleted
+    CREATED = "created"  # no document had this _id: it was made, with this first reference
+    BLOCKED = "blocked"  # a document exists that is being deleted (or was made a moment ago)
+
+
 class Blobs:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
-    async def add_ref(self, sha256: str) -> bool:
-        """One more reference to content whose document exists and is not being deleted."""
-        result = await self.c.update_one({"_id": sha256, "deleting": {"$exists": False}}, {"$inc": {"refs": 1}})
-        return result.matched_count == 1
-
-    async def create(self, sha256: str, md5: str, size: int, media_type: str) -> bool:
-        """The document of new content, with its first reference; False if one exists."""
-        doc = {"_id": sha256, "md5": md5, "size": size, "media_type": media_type, "refs": 1, "created_at": utcnow()}
+    async def take_ref(self, sha256: str, md5: str, size: int, media_type: str) -> Taken:
+        """One reference, in one atomic command: `$inc refs` on the document if it is not being
+        deleted; if no document matches, the upsert inserts `{_id, refs: 1, ...}` — which collides
+        (duplicate key) with a document that exists but is being deleted, so none is added to it.
+        The collision also comes from another first reference that inserted a moment earlier
+        (MongoDB does not retry an upsert whose filter is more than equality on _id): BLOCKED
+        says only "look at the document and try again"."""
         try:
-            await self.c.insert_one(doc)
+            result = await self.c.update_one(
+                {"_id": sha256, "deleting": {"$exists": False}},
+                {
+                    "$inc": {"refs": 1},
+                    "$setOnInsert": {"md5": md5, "size": size, "media_type": media_type, "created_at": utcnow()},
+                },
+                upsert=True,
+            )
         except DuplicateKeyError:
-            return False
-        return True
+            return Taken.BLOCKED
+        return Taken.CREATED if result.upserted_id is not None else Taken.ADDED
 
     async def mark_deleting(self, sha256: str, token: str) -> bool:
         """Claim the deletion of unreferenced content: from now on no reference can be added."""

@@ -249,7 +249,8 @@ class FileManager:
             raise QuotaExceeded()
         sha256 = existing["sha256"]
         try:
-            before = await self._refs.acquire(sha256, existing["md5"], size, existing["media_type"])
+            # (only whether the blob document existed matters here: its fields are not read)
+            before = await self._refs.acquire(sha256, existing["md5"], size, existing["media_type"], read=False)
         except BaseException:
             await self._users.release(owner, size)
             raise

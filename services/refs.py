@@ -1,8 +1,8 @@
 """Content references: correct with any number of processes racing uploads and deletes of the
 same bytes, with no lock outside the database (the argument is in docs/architecture.md).
 
-- `acquire` adds a reference to a live blob document, or creates it; it never adds one to a
-  document marked for deletion: it waits until the deleter has removed the content and the
+- `acquire` adds a reference to a live blob document, or creates it (one upsert,
+  `Blobs.take_ref`); it never adds one to a document marked for deletion: it waits until the deleter has removed the content and the
   document (or, if the deleter stopped, finishes the deletion itself), then creates it anew.
 - `release` drops a reference; at zero, whoever marks the document first removes the content,
   then the document. Content is removed only by the holder of the marker, while no reference can
@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import secrets
 
-from models.blobs import Blobs
+from models.blobs import Blobs, Taken
 from models.db import utcnow
 from storage import ContentStore
 
@@ -37,15 +37,21 @@ class ContentRefs:
         self.store = store
         self.stale = stale
 
-    async def acquire(self, sha256: str, md5: str, size: int, media_type: str) -> dict | None:
+    async def acquire(self, sha256: str, md5: str, size: int, media_type: str, read: bool = True) -> dict | None:
         """Take one reference. Returns the blob document when the content was known (stored, or
-        being stored by another holder), None when this call created the document."""
+        being stored by another holder), None when this call created the document. `read`: False
+        when the caller needs only to know which (then a known content's document is not read:
+        `{"_id": sha256}` stands for it). New content costs one command, known content one (two
+        with `read`)."""
         while True:
-            if await self.blobs.add_ref(sha256):
+            taken = await self.blobs.take_ref(sha256, md5, size, media_type)
+            if taken is Taken.CREATED:
+                return None
+            if taken is Taken.ADDED:
+                if not read:
+                    return {"_id": sha256}
                 doc = await self.blobs.get(sha256)  # ours to read: a held reference keeps it
                 return doc if doc is not None else {"_id": sha256, "refs": 1}
-            if await self.blobs.create(sha256, md5, size, media_type):
-                return None
             doc = await self.blobs.get(sha256)
             if doc is None or not doc.get("deleting"):
                 continue  # it changed between the two writes: try again

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from models.blobs import Blobs
+from models.blobs import Blobs, Taken
 from models.db import Database
 from services import refs as refs_module
 from services.refs import ContentRefs
@@ -59,7 +59,8 @@ async def test_an_acquire_waits_for_a_deletion_in_progress_then_stores_anew(refs
     await commit(store, data)
     await blobs.release(sha256)
     assert await blobs.mark_deleting(sha256, "other-process")  # a deleter, between its steps
-    assert not await blobs.add_ref(sha256)
+    assert await blobs.take_ref(sha256, "m", 500, "x/y") is Taken.BLOCKED  # no reference added
+    assert (await blobs.get(sha256))["refs"] == 0
     waiting = asyncio.ensure_future(refs.acquire(sha256, "m", 500, "x/y"))
     await asyncio.sleep(0.2)
     assert not waiting.done(), "an acquire must not take a reference to content being deleted"
@@ -118,8 +119,45 @@ async def test_racing_acquires_and_releases_never_lose_a_held_reference(refs_par
 
 async def test_fsck_clears_a_mark_on_content_files_use(refs_parts):
     blobs, _store = refs_parts
-    await blobs.create("a" * 64, "m", 1, "x/y")
+    assert await blobs.take_ref("a" * 64, "m", 1, "x/y") is Taken.CREATED
     await blobs.c.update_one({"_id": "a" * 64}, {"$set": {"refs": 0, "deleting": "x", "deleting_at": dt.datetime.now(dt.UTC)}})
     await blobs.set_refs("a" * 64, 2)
     doc = await blobs.get("a" * 64)
-    assert doc["refs"] == 2 and "deleting" not in doc and await blobs.add_ref("a" * 64)
+    assert doc["refs"] == 2 and "deleting" not in doc
+    assert await blobs.take_ref("a" * 64, "m", 1, "x/y") is Taken.ADDED
+
+
+async def test_new_content_costs_one_command_and_racing_first_references_count_exactly(settings, tmp_path):
+    """acquire is one upsert: new content one command (no document read), known content one more
+    to read the document, none more when the caller does not read it. Many first references to
+    one new content through separate clients (processes) race in the upsert: exactly one creates
+    the document, and every reference counts."""
+    dbs = [Database(settings.mongodb.uri, settings.mongodb.database) for _ in range(3)]
+    try:
+        await dbs[0].ensure_indexes()
+        store = LocalStore(tmp_path / "files")
+        store.prepare()
+        sent: list[str] = []
+        dbs[0].commands.count = sent.append
+        refs = ContentRefs(Blobs(dbs[0].blobs), store)
+        sha256 = hashlib.sha256(os.urandom(64)).hexdigest()
+        assert await refs.acquire(sha256, "m", 64, "x/y") is None
+        assert sent == ["update"]
+        sent.clear()
+        assert (await refs.acquire(sha256, "m", 64, "x/y"))["refs"] == 2
+        assert sent == ["update", "find"]
+        sent.clear()
+        assert await refs.acquire(sha256, "m", 64, "x/y", read=False) == {"_id": sha256}
+        assert sent == ["update"]
+        dbs[0].commands.count = lambda name: None
+
+        racing = hashlib.sha256(os.urandom(64)).hexdigest()
+        holders = [ContentRefs(Blobs(db.blobs), store) for db in dbs]
+        for _round in range(3):
+            results = await asyncio.gather(*(holders[i % 3].acquire(racing, "m", 64, "x/y") for i in range(12)))
+            assert sum(result is None for result in results) == (1 if _round == 0 else 0)
+        doc = await Blobs(dbs[1].blobs).get(racing)
+        assert doc["refs"] == 36 and doc["md5"] == "m" and doc["size"] == 64 and "deleting" not in doc
+    finally:
+        for db in dbs:
+            await db.close()
