@@ -2,8 +2,9 @@
 same bytes, with no lock outside the database (the argument is in docs/architecture.md).
 
 - `acquire` adds a reference to a live blob document, or creates it (one upsert,
-  `Blobs.take_ref`); it never adds one to a document marked for deletion: it waits until the deleter has removed the content and the
-  document (or, if the deleter stopped, finishes the deletion itself), then creates it anew.
+  `Blobs.take_ref`); it never adds one to a document marked for deletion: it waits until the
+  deleter has removed the content and the document (or, if the deleter stopped, finishes the
+  deletion itself), then creates it anew.
 - `release` drops a reference; at zero, whoever marks the document first removes the content,
   then the document. Content is removed only by the holder of the marker, while no reference can
   be added; an acquire after that creates a new document and stores the content again.
