@@ -40,3 +40,38 @@ async def test_processes_taking_a_new_sequences_first_blocks_get_distinct_ids(se
     finally:
         for db in databases:
             await db.close()
+
+
+async def test_quota_reservation_with_a_stale_hint_stays_exact(settings):
+    """The reservation names the quota this process last read (a hint). Another process's admin
+    changes it: the write misses, the document is read, the write made again with the new quota;
+    lowered, it refuses what no longer fits; never more than the quota is reserved. With a right
+    hint a reservation is one command."""
+    from models.users import Users
+
+    databases = [Database(settings.mongodb.uri, settings.mongodb.database) for _ in range(2)]
+    try:
+        here, admin = Users(databases[0].users, 10_000), Users(databases[1].users, 10_000)
+        jid = "hint@example.org"
+        await databases[0].users.delete_one({"_id": jid})
+        await here.ensure(jid)
+        assert (await here.quota(jid)).stored is None  # the default: the hint is None
+        sent: list[str] = []
+        databases[0].commands.count = sent.append
+        assert await here.reserve(jid, 4000)
+        assert sent == ["update"]  # the hint was right: one conditional $inc
+        assert await admin.set_quota(jid, 5000) is not None  # elsewhere: lowered
+        sent.clear()
+        assert not await here.reserve(jid, 2000)  # 4000 + 2000 > 5000
+        assert sent == ["update", "find"]  # the stale hint missed, the read showed it cannot fit
+        assert await here.reserve(jid, 1000)  # the new hint is right: fits exactly
+        assert (await admin.quota(jid)).used == 5000
+        assert await admin.set_quota(jid, 20_000) is not None  # raised elsewhere
+        results = await asyncio.gather(*(here.reserve(jid, 1000) for _ in range(30)))
+        assert results.count(True) == 15
+        assert (await admin.quota(jid)).used == 20_000
+        assert not await here.reserve("nobody@example.org", 1)  # no such user: nothing to reserve in
+    finally:
+        databases[0].commands.count = lambda name: None
+        for db in databases:
+            await db.close()
