@@ -195,14 +195,16 @@ class FileManager:
         """files/slot/: may `owner` upload this? When they already own that content, a new file
         for it is made without an upload and answered; else the quota (the client uploads)."""
         self.check_size(size)
-        quota = await self._users.quota(owner)
-        if size > quota.available:
-            raise QuotaExceeded()
         existing = await self._files.with_content(owner, size, digest)
         if existing is not None:
+            # The reservation is the quota check (403 when the size does not fit, the rule the
+            # read below applies): no quota read before it.
             doc = await self._link_existing(owner, existing, name)
             if doc is not None:
                 return self.render(doc, await self._users.quota(owner))
+        quota = await self._users.quota(owner)
+        if size > quota.available:
+            raise QuotaExceeded()
         return render.quota(quota, available=False)
 
     # -- create ----------------------------------------------------------------------------

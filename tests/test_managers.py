@@ -294,3 +294,53 @@ async def test_percent_counts_the_files_not_pending_reservations(files, parts):
     assert await parts.users.reserve(ALICE, 4000)  # what an issued, unused 4000-byte slot holds
     selected = await files.oldest(ALICE, 50, None)
     assert len(selected.ids or ()) == 2
+
+
+async def test_a_slot_dedup_hit_costs_seven_commands_and_a_miss_two(files, parts):
+    """A dedup hit: the content lookup, the quota reservation (which is the quota check), the
+    content reference (its document not read), the file, its counters, the quota for the
+    answer. A miss: the lookup and the quota. Over quota, a hit is refused and holds nothing."""
+    data = opaque(3000)
+    await put(files, ALICE, data, "one.bin")
+    await files._ids.next()  # an id block in hand: its draw (1 in 64 files) is not counted here
+    assert await files.gate.drain(5) == 0  # the upload's lease given back (in the background)
+    files.gate.closed = False
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    try:
+        doc = await files.slot(ALICE, sha256(data), len(data), "two.bin")
+        assert doc["used"] == 2 * len(data) and doc["name"] == "two.bin"
+        assert sent == ["find", "update", "update", "insert", "update", "find"]
+        sent.clear()
+        answer = await files.slot(ALICE, sha256(opaque(3000)), 3000, "new.bin")
+        assert answer == {"quota": parts.settings.quota.default, "used": 2 * len(data)}
+        assert sent == ["find", "find"]
+        await parts.users.set_quota(ALICE, 2 * len(data) + 100)
+        with pytest.raises(QuotaExceeded):
+            await files.slot(ALICE, sha256(data), len(data), "three.bin")
+    finally:
+        parts.db.commands.count = lambda name: None
+    assert (await files.quota(ALICE)).used == 2 * len(data)
+    assert (await parts.db.blobs.find_one({"_id": sha256(data)}))["refs"] == 2
+    assert (await files.list(ALICE, Criteria(), Page()))["total_objects"] == 2
+
+
+async def test_a_small_upload_costs_ten_commands(files, parts):
+    """An upload of new content that the imaging does not look at, as the REST route makes it
+    (the token's read aside): its slot lease and the global count, the admission's quota read and
+    rate-limit hit, the reservation, the content's reference (one upsert), the file, its counters,
+    the quota for the answer, the lease given back."""
+    await put(files, ALICE, opaque(100), "first.bin")
+    await files._ids.next()  # an id block in hand: its draw (1 in 64 files) is not counted here
+    assert await files.gate.drain(5) == 0
+    files.gate.closed = False
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    try:
+        doc = await put(files, ALICE, opaque(4096), "small.bin")
+        assert (await files.quota(ALICE)).used == 100 + 4096
+        assert await files.gate.drain(5) == 0
+    finally:
+        parts.db.commands.count = lambda name: None
+    assert doc["size"] == 4096
+    assert sent == ["insert", "aggregate", "find", "update", "update", "update", "insert", "update", "find", "delete"]
