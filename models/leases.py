@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Collection
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -24,13 +25,18 @@ class Leases:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
-    async def take_slot(self, owner: str, slots: int, holder: str, now: dt.datetime, expires: dt.datetime) -> str | None:
+    async def take_slot(
+        self, owner: str, slots: int, holder: str, now: dt.datetime, expires: dt.datetime, mine: Collection[str] = ()
+    ) -> str | None:
         """One of the owner's `slots` slots, or None when every one is held. The slots are tried
         from a random one on (each once), so uploads in flight rarely try a held slot first: from
-        slot 0, the n-th upload in flight tried n - 1 held ones, two commands each."""
+        slot 0, the n-th upload in flight tried n - 1 held ones, two commands each. `mine`: the
+        slots the caller's process holds itself (held for certain: not tried)."""
         first = secrets.randbelow(max(slots, 1))
         for k in range(slots):
             slot = f"{owner}:{(first + k) % slots}"
+            if slot in mine:
+                continue
             for _attempt in range(2):
                 try:
                     await self.c.insert_one({"_id": slot, "scope": USER, "holder": holder, "expires": expires})

@@ -72,7 +72,8 @@ class UploadGate:
             await asyncio.gather(*mine, return_exceptions=True)
         slot = None
         for attempt in range(SLOT_TRIES):
-            slot = await self.leases.take_slot(owner, self.per_user, self.holder, utcnow(), self._expiry())
+            held = self._held.get(owner, ())  # this process's own: known to be held, not tried
+            slot = await self.leases.take_slot(owner, self.per_user, self.holder, utcnow(), self._expiry(), set(held))
             if slot is not None:
                 break
             if attempt + 1 < SLOT_TRIES:

@@ -124,3 +124,23 @@ async def test_an_upload_holds_one_lease_document_and_costs_three_commands(db):
     db.commands.count = lambda name: None
     assert sent == ["delete", "insert", "aggregate", "delete", "delete"]
     assert await db.leases.count_documents({}) == 0
+
+
+async def test_a_process_never_tries_the_slots_it_holds(db):
+    """An owner's uploads in flight in one process: the next one goes straight to a free slot
+    (one insert and the count), whichever slot the random start names."""
+    gate = UploadGate(Leases(db.leases), 8, 100)
+    sent: list[str] = []
+    db.commands.count = sent.append
+    try:
+        for _ in range(8):
+            sent.clear()
+            await gate.enter("busy@example.org")
+            assert sent == ["insert", "aggregate"]
+        with pytest.raises(RateLimited):  # all eight held here: refused
+            await gate.enter("busy@example.org")
+    finally:
+        db.commands.count = lambda name: None
+    assert await db.leases.count_documents({"holder": gate.holder}) == 8
+    await gate.close()
+    assert await db.leases.count_documents({}) == 0
