@@ -19,7 +19,7 @@ import re
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from models import counters as cn
 from models.counters import BUCKET_NAMES, KINDS, Segment, kind_of
@@ -125,19 +125,76 @@ def _whole_days(t: dt.datetime, low: dt.datetime, high: dt.datetime) -> bool:
     return start >= low and start + cn.DAY <= high
 
 
+def _insert_error(doc: dict, error: dict) -> Exception:
+    """The exception one document of an unordered insert_many failed with."""
+    if error.get("code") == 11000:
+        if "slot_id" in f"{error.get('errmsg', '')} {error.get('keyPattern', '')}":
+            return SlotTaken(doc["slot_id"])
+        return DuplicateKeyError(error.get("errmsg", "duplicate key"), 11000, error)
+    return PyMongoError(error.get("errmsg", "insert failed"))
+
+
 class Files:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
         self.counters: AsyncCollection = collection.database["file_counts"]
+        self._waiting: list[tuple[dict, asyncio.Future]] = []  # inserts for the next group
+        self._writer: asyncio.Task | None = None
 
     async def insert(self, doc: dict) -> None:
+        """Insert a file and move its counters; raises SlotTaken when a file has its slot_id.
+        Group commit: the inserts that arrive while a group is being written go together as the
+        next group, one unordered `insert_many` and one bulk counter command for all of them (one
+        `insert_one` when alone), so concurrent uploads share two commands. Each file's insert
+        succeeds or fails on its own; its counters move only if it was inserted; the call returns
+        once both commands are answered (as one insert and one counter command would)."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((doc, done))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_groups())
+        await done
+
+    async def _write_groups(self) -> None:
+        group: list[tuple[dict, asyncio.Future]] = []
         try:
-            await self.c.insert_one(doc)
-        except DuplicateKeyError as exc:
-            if "slot_id" in str(exc):
-                raise SlotTaken(doc["slot_id"]) from None
+            while self._waiting:
+                # a caller that stopped waiting (cancelled) before its group went out is left out
+                group, self._waiting = [item for item in self._waiting if not item[1].done()], []
+                if group:
+                    await self._write_group(group)
+        except BaseException:  # this task cancelled (shutdown): nobody is left waiting forever
+            for _, done in group + self._waiting:
+                done.cancel()
+            self._waiting = []
             raise
-        await self._count(doc, 1)
+        finally:
+            self._writer = None
+
+    async def _write_group(self, group: list[tuple[dict, asyncio.Future]]) -> None:
+        docs = [doc for doc, _ in group]
+        failed: dict[int, BaseException] = {}
+        try:
+            if len(docs) == 1:
+                await self.c.insert_one(docs[0])
+            else:
+                await self.c.insert_many(docs, ordered=False)
+        except DuplicateKeyError as exc:  # insert_one
+            failed[0] = SlotTaken(docs[0]["slot_id"]) if "slot_id" in str(exc) else exc
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors") or ():
+                failed[error["index"]] = _insert_error(docs[error["index"]], error)
+            if exc.details.get("writeConcernErrors"):  # whether any was kept durably is unknown
+                failed = dict.fromkeys(range(len(docs)), exc)
+        except Exception as exc:  # whether any was inserted is unknown, as for one insert_one
+            failed = dict.fromkeys(range(len(docs)), exc)
+        await self._count_all([doc for i, doc in enumerate(docs) if i not in failed], 1)
+        for i, (_, done) in enumerate(group):
+            if done.done():
+                continue
+            if i in failed:
+                done.set_exception(failed[i])
+            else:
+                done.set_result(None)
 
     async def migrate(self, ids: IdSequence) -> int:
         """Bring files written before integer ids over, once (start-up and fsck run it): each gets
@@ -390,14 +447,27 @@ class Files:
 
     # -- per-owner counters ---------------------------------------------------------------
     async def _count(self, doc: dict, sign: int) -> None:
-        """Move the owner's counters for one file inserted (+1) or deleted (-1): one bulk command
-        of three upserts (account, month, day). The file change it follows has happened, so a
-        failure here is logged, not raised: the counters are then off until fsck recomputes them."""
+        await self._count_all([doc], sign)
+
+    async def _count_all(self, docs: list[dict], sign: int) -> None:
+        """Move the owners' counters for files inserted (+1) or deleted (-1): one bulk command of
+        upserts, three per file (account, month, day), those of one counter document summed into
+        one. The file changes it follows have happened, so a failure here is logged, not raised:
+        the counters are then off until fsck recomputes them."""
+        if not docs:
+            return
+        merged: dict[str, dict] = {}
+        for doc in docs:
+            for where, update in cn.increments(doc, sign):
+                into = merged.setdefault(where["_id"], {"$inc": {}, "$setOnInsert": update["$setOnInsert"]})
+                for path, value in update["$inc"].items():
+                    into["$inc"][path] = into["$inc"].get(path, 0) + value
         try:
-            ops = [UpdateOne(where, update, upsert=True) for where, update in cn.increments(doc, sign)]
+            ops = [UpdateOne({"_id": key}, update, upsert=True) for key, update in merged.items()]
             await self.counters.bulk_write(ops, ordered=False)
         except PyMongoError as exc:
-            log.warning("file counters of %s not updated (fsck recomputes them): %s", doc.get("owner"), exc)
+            owners = sorted({doc.get("owner") for doc in docs})
+            log.warning("file counters of %s not updated (fsck recomputes them): %s", ", ".join(owners), exc)
 
     async def counts(self, owner: str) -> dict[str, dict[str, int]]:
         """{bucket: {"count", "used"}} for one owner, from the counters (one point read)."""

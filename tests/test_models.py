@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
-from models.db import Database
+from models import counters as cn
+from models.counters import kind_of
+from models.db import Database, utcnow
+from models.files import Files, SlotTaken
 from models.sequences import IdSequence
 
 
@@ -75,3 +79,64 @@ async def test_quota_reservation_with_a_stale_hint_stays_exact(settings):
         databases[0].commands.count = lambda name: None
         for db in databases:
             await db.close()
+
+
+def _file(file_id: int, owner: str, slot_id: str, size: int, media_type: str, created_at) -> dict:
+    return {
+        "_id": file_id,
+        "owner": owner,
+        "slot_id": slot_id,
+        "name": f"{file_id}.bin",
+        "sha256": f"{file_id:064x}",
+        "md5": f"{file_id:032x}",
+        "size": size,
+        "media_type": media_type,
+        "kind": kind_of(media_type, None),
+        "is_avatar": False,
+        "context": None,
+        "metadata": None,
+        "thumbnail": None,
+        "width": None,
+        "height": None,
+        "created_at": created_at,
+        "expires_at": None,
+    }
+
+
+async def test_concurrent_file_inserts_share_commands_and_each_succeeds_or_fails_alone(settings):
+    """Group commit: inserts that arrive together go as one insert_many and one counter command;
+    a slot_id taken already fails only its own insert (SlotTaken), whose counters do not move; the
+    counters end exactly what fsck would compute from the files."""
+    db = Database(settings.mongodb.uri, settings.mongodb.database)
+    try:
+        await db.ensure_indexes()
+        files = Files(db.files)
+        owners = ["g1@example.org", "g2@example.org"]
+        await db.files.delete_many({"owner": {"$in": owners}})
+        await db.db["file_counts"].delete_many({"owner": {"$in": owners}})
+        base = 9_000_000 + secrets.randbelow(10**6) * 100
+        now = utcnow()
+        taken = f"taken-{base}"
+        await files.insert(_file(base, owners[0], taken, 10, "image/png", now))
+        docs = [
+            _file(base + i, owners[i % 2], f"g-{base}-{i}", 100 + i, ("image/png", "audio/ogg", "text/plain")[i % 3], now)
+            for i in range(1, 25)
+        ]
+        docs[6]["slot_id"] = taken  # a second upload for a slot that has its file already
+        sent: list[str] = []
+        db.commands.count = sent.append
+        try:
+            results = await asyncio.gather(*(files.insert(doc) for doc in docs), return_exceptions=True)
+        finally:
+            db.commands.count = lambda name: None
+        assert [i for i, r in enumerate(results) if r is not None] == [6]
+        assert isinstance(results[6], SlotTaken)
+        assert sent.count("insert") < len(docs) and sent.count("insert") == sent.count("update")
+        assert sent.count("insert") <= 3  # the first alone, then the rest in one or two groups
+        kept = [doc for i, doc in enumerate(docs) if i != 6]
+        assert await db.files.count_documents({"owner": {"$in": owners}}) == len(kept) + 1
+        stored = {doc["_id"]: cn.normal(doc) async for doc in db.db["file_counts"].find({"owner": {"$in": owners}})}
+        expected = cn.build([await db.files.find_one({"_id": base}), *kept])
+        assert stored == expected
+    finally:
+        await db.close()
