@@ -25,6 +25,7 @@ from models import counters as cn
 from models.counters import BUCKET_NAMES, KINDS, Segment, kind_of
 from models.criteria import SORT_FIELDS, Criteria, Page
 from models.db import utcnow
+from models.groups import Groups
 from models.sequences import IdSequence
 
 log = logging.getLogger("gallery.files")
@@ -138,40 +139,19 @@ class Files:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
         self.counters: AsyncCollection = collection.database["file_counts"]
-        self._waiting: list[tuple[dict, asyncio.Future]] = []  # inserts for the next group
-        self._writer: asyncio.Task | None = None
+        self._inserts: Groups[dict, None] = Groups(self._insert_group)
 
     async def insert(self, doc: dict) -> None:
         """Insert a file and move its counters; raises SlotTaken when a file has its slot_id.
-        Group commit: the inserts that arrive while a group is being written go together as the
-        next group, one unordered `insert_many` and one bulk counter command for all of them (one
-        `insert_one` when alone), so concurrent uploads share two commands. Each file's insert
-        succeeds or fails on its own; its counters move only if it was inserted; the call returns
-        once both commands are answered (as one insert and one counter command would)."""
-        done = asyncio.get_running_loop().create_future()
-        self._waiting.append((doc, done))
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_groups())
-        await done
+        Group commit (models/groups.py): the inserts that arrive while a group is being written
+        go together as the next, one unordered `insert_many` and one bulk counter command for all
+        of them (one `insert_one` when alone), so concurrent uploads share two commands. Each
+        file's insert succeeds or fails on its own; its counters move only if it was inserted;
+        the call returns once both commands are answered (as one insert and one counter command
+        would)."""
+        await self._inserts.submit(doc)
 
-    async def _write_groups(self) -> None:
-        group: list[tuple[dict, asyncio.Future]] = []
-        try:
-            while self._waiting:
-                # a caller that stopped waiting (cancelled) before its group went out is left out
-                group, self._waiting = [item for item in self._waiting if not item[1].done()], []
-                if group:
-                    await self._write_group(group)
-        except BaseException:  # this task cancelled (shutdown): nobody is left waiting forever
-            for _, done in group + self._waiting:
-                done.cancel()
-            self._waiting = []
-            raise
-        finally:
-            self._writer = None
-
-    async def _write_group(self, group: list[tuple[dict, asyncio.Future]]) -> None:
-        docs = [doc for doc, _ in group]
+    async def _insert_group(self, docs: list[dict]) -> list[BaseException | None]:
         failed: dict[int, BaseException] = {}
         try:
             if len(docs) == 1:
@@ -185,16 +165,10 @@ class Files:
                 failed[error["index"]] = _insert_error(docs[error["index"]], error)
             if exc.details.get("writeConcernErrors"):  # whether any was kept durably is unknown
                 failed = dict.fromkeys(range(len(docs)), exc)
-        except Exception as exc:  # whether any was inserted is unknown, as for one insert_one
-            failed = dict.fromkeys(range(len(docs)), exc)
+        # any other failure: whether any was inserted is unknown (as for one insert_one), and
+        # every request of the group raises it (models/groups.py)
         await self._count_all([doc for i, doc in enumerate(docs) if i not in failed], 1)
-        for i, (_, done) in enumerate(group):
-            if done.done():
-                continue
-            if i in failed:
-                done.set_exception(failed[i])
-            else:
-                done.set_result(None)
+        return [failed.get(i) for i in range(len(docs))]
 
     async def migrate(self, ids: IdSequence) -> int:
         """Bring files written before integer ids over, once (start-up and fsck run it): each gets

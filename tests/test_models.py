@@ -140,3 +140,59 @@ async def test_concurrent_file_inserts_share_commands_and_each_succeeds_or_fails
         assert stored == expected
     finally:
         await db.close()
+
+
+async def test_concurrent_quota_reads_share_a_command_and_each_sees_its_own_user(settings):
+    """Reads asked for while one is answered go as one `_id $in` read; each caller gets its own
+    user's figures, read after its call began (a reservation made before the call shows)."""
+    from models.users import Users
+
+    db = Database(settings.mongodb.uri, settings.mongodb.database)
+    try:
+        users = Users(db.users, 10_000)
+        jids = [f"reader{i}@example.org" for i in range(6)]
+        await db.users.delete_many({"_id": {"$in": jids}})
+        for i, jid in enumerate(jids):
+            await users.ensure(jid)
+            assert await users.reserve(jid, 100 * (i + 1))
+        sent: list[str] = []
+        db.commands.count = sent.append
+        try:
+            quotas = await asyncio.gather(*(users.quota(jid) for jid in jids * 3), users.quota("none@example.org"))
+        finally:
+            db.commands.count = lambda name: None
+        assert [q.used for q in quotas[:-1]] == [100 * (i + 1) for i in range(6)] * 3
+        assert quotas[-1].used == 0 and quotas[-1].quota == 10_000  # no such user: the default
+        assert sent == ["find"]  # all asked before the first read went out: one read for all
+        assert await users.reserve(jids[0], 50)
+        assert (await users.quota(jids[0])).used == 150
+    finally:
+        await db.close()
+
+
+async def test_a_group_whose_command_fails_fails_each_request_and_a_cancelled_one_is_left_out():
+    from models.groups import Groups
+
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list:
+        sent.append(items)
+        await asyncio.sleep(0.01)
+        if 13 in items:
+            raise RuntimeError("the command failed")
+        return [ValueError(item) if item < 0 else item * 2 for item in items]
+
+    groups: Groups[int, int] = Groups(send)
+    first = asyncio.ensure_future(groups.submit(1))
+    await asyncio.sleep(0)
+    late = [asyncio.ensure_future(groups.submit(item)) for item in (2, -3, 4)]
+    gone = asyncio.ensure_future(groups.submit(5))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert await first == 2
+    results = await asyncio.gather(*late, return_exceptions=True)
+    assert results[0] == 4 and isinstance(results[1], ValueError) and results[2] == 8
+    assert sent == [[1], [2, -3, 4]]  # the cancelled request never went out
+    failing = await asyncio.gather(groups.submit(13), groups.submit(6), return_exceptions=True)
+    assert sent[-1] == [13, 6] and all(isinstance(r, RuntimeError) for r in failing)
+    assert await groups.submit(7) == 14  # the next group goes out as usual
