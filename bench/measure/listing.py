@@ -1,5 +1,6 @@
-"""GET files/ (page 1, the middle page and the last page, default order) and GET files/stats/
-(plain, by media type, by date range) for an owner with many files, at each size of plan.files
+"""GET files/ (page 1, the middle page and the last page, default order), GET files/stats/
+(plain, by media type, by date range) and GET files/percent/10/ (page 1 of the oldest files
+reaching 10 % of the space) for an owner with many files, at each size of plan.files
 (--files): one owner, seeded straight into the database (bench/seed.py) up to each size in turn."""
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ LABELS = {
     "stats": "GET files/stats/",
     "stats_media_type": "GET files/stats/?media_type=image",
     "stats_dates": "GET files/stats/, a 90-day range",
+    "percent": "GET files/percent/10/, page 1",
 }
 LIST_KEYS = ("list_first", "list_middle", "list_last")
+PERCENT_KEYS = ("percent",)
 STATS_KEYS = ("stats", "stats_media_type", "stats_dates")
 
 
@@ -46,6 +49,7 @@ def routes(files: int) -> dict[str, str]:
         "stats": "/api/v1/files/stats/",
         "stats_media_type": "/api/v1/files/stats/?media_type=image",
         "stats_dates": f"/api/v1/files/stats/?{date_range(dt.datetime.now(dt.UTC).date())}",
+        "percent": "/api/v1/files/percent/10/",
     }
 
 
@@ -59,6 +63,8 @@ def wrong_totals(key: str, answer: dict, seeded: dict) -> str | None:
         return f"total {answer['total']}, expected {seeded}"
     if key == "stats_media_type" and answer["total"]["count"] != seeded["images"]:
         return f"total {answer['total']}, expected {seeded['images']} images"
+    if key == "percent" and not 0 < answer["total_objects"] < seeded["count"]:
+        return f"total_objects {answer['total_objects']}, expected some of the {seeded['count']} files"
     if key == "stats_dates" and not 0 < answer["total"]["count"] < seeded["count"]:
         return f"total {answer['total']}, expected some of the {seeded['count']} files"
     return None
