@@ -97,6 +97,9 @@ def countable(criteria: Criteria) -> bool:
     return criteria.ids is None and criteria.slot_id is None and criteria.size_gte is None and criteria.size_lte is None
 
 
+_UNSEEN = "?"  # not a bucket name
+
+
 class Match:
     """Which cells a selection takes: callable on a Cell, and `bucket(key)`: the stats bucket of
     the cell a counter key names, None when the selection does not take it (remembered per key:
@@ -105,18 +108,17 @@ class Match:
     def __init__(self, test: Callable[[Cell], bool], plain: bool) -> None:
         self.test = test
         self.plain = plain  # nothing but avatars or not: every file of that side matches
-        self._buckets: dict[str, str | None] = {}
+        self.known: dict[str, str | None] = {}  # counter key -> bucket (None: not selected)
 
     def __call__(self, cell: Cell) -> bool:
         return self.test(cell)
 
     def bucket(self, key: str) -> str | None:
-        try:
-            return self._buckets[key]
-        except KeyError:
+        found = self.known.get(key, _UNSEEN)
+        if found is _UNSEEN:
             cell = Cell.parse(key)
-            found = self._buckets[key] = cell.bucket if self.test(cell) else None
-            return found
+            found = self.known[key] = cell.bucket if self.test(cell) else None
+        return found
 
 
 def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Match:
@@ -273,36 +275,43 @@ class Segment:
     end: dt.datetime
     level: str
     buckets: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return sum(value[0] for value in self.buckets.values())
+    n: int = 0  # files in all buckets: kept by `add_cells` and `add_files` (a page sums it often)
 
     @property
     def used(self) -> int:
         return sum(value[1] for value in self.buckets.values())
 
 
-def add_cells(buckets: dict[str, list[int]], cells: dict, match: Match) -> None:
-    bucket_of = match.bucket
+def add_cells(buckets: dict[str, list[int]], cells: dict, match: Match) -> int:
+    """Add the matching cells' counts and bytes to `buckets`; returns the count added."""
+    known, added = match.known, 0
     for key, value in (cells or {}).items():
-        name = bucket_of(key)
-        if name is not None:
-            n, b = int(value.get("n", 0)), int(value.get("b", 0))
-            if n or b:
-                slot = buckets.get(name)
-                if slot is None:
-                    buckets[name] = [n, b]
-                else:
-                    slot[0] += n
-                    slot[1] += b
+        name = known.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = match.bucket(key)
+        if name is None:
+            continue
+        n, b = value.get("n", 0), value.get("b", 0)
+        if n or b:
+            added += n
+            slot = buckets.get(name)
+            if slot is None:
+                buckets[name] = [n, b]
+            else:
+                slot[0] += n
+                slot[1] += b
+    return added
 
 
-def add_files(buckets: dict[str, list[int]], docs: Iterable[dict]) -> None:
+def add_files(buckets: dict[str, list[int]], docs: Iterable[dict]) -> int:
+    """Count `docs` (files) into `buckets`; returns how many."""
+    added = 0
     for doc in docs:
         slot = buckets.setdefault(Cell.of(doc).bucket, [0, 0])
         slot[0] += 1
         slot[1] += doc["size"]
+        added += 1
+    return added
 
 
 def whole_months(months: dict, a: dt.datetime, b: dt.datetime, match: Match) -> list[Segment]:
@@ -313,7 +322,7 @@ def whole_months(months: dict, a: dt.datetime, b: dt.datetime, match: Match) -> 
         end = next_month(start)
         if a <= start and end <= b:
             segment = Segment(start, end, "m")
-            add_cells(segment.buckets, cells, match)
+            segment.n = add_cells(segment.buckets, cells, match)
             out.append(segment)
     return out
 
@@ -333,7 +342,7 @@ def _whole_units(
         start = begin(name)
         if a <= start and start + length <= b:
             segment = Segment(start, start + length, tag)
-            add_cells(segment.buckets, cells, match)
+            segment.n = add_cells(segment.buckets, cells, match)
             out.append(segment)
     return out
 

@@ -383,7 +383,7 @@ class Files:
     async def _raw(self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime) -> Segment:
         """A piece of at most an hour or two, counted in `files` (index range on created_at)."""
         segment = Segment(a, b, "r")
-        cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
+        segment.n = cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
         return segment
 
     async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:
