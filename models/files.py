@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterable
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -133,6 +134,14 @@ def _insert_error(doc: dict, error: dict) -> Exception:
             return SlotTaken(doc["slot_id"])
         return DuplicateKeyError(error.get("errmsg", "duplicate key"), 11000, error)
     return PyMongoError(error.get("errmsg", "insert failed"))
+
+
+def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
+    """The month and day counters of the newest two days before `b` (and before the next hour:
+    nothing is newer): where a first newest-first page nearly always lies."""
+    t = min(cn.hour_start(b), cn.ceil_hour(utcnow())) - cn.MS
+    days = (t, t - cn.DAY)
+    return [*{cn.month_id(owner, day) for day in days}, *(cn.day_id(owner, day) for day in days)]
 
 
 class Files:
@@ -274,7 +283,11 @@ class Files:
         created_at range, sorted, skipping what precedes the page within it, is the page."""
         a, b = _bounds(criteria)
         match = cn.cell_filter(criteria, is_avatar)
-        segments = await self._segments(owner, criteria, is_avatar, a, b, match)
+        known: dict[str, dict | None] = {}
+        # the first newest-first page (what every client opens) nearly always lies in the last
+        # day or two: their counters come with the account document, in the same read
+        ahead = _newest_counters(owner, b) if direction < 0 and page.number == 1 else ()
+        segments = await self._segments(owner, criteria, is_avatar, a, b, match, known, ahead)
         total = sum(s.n for s in segments)
         first = page.skip
         if first >= total:
@@ -295,7 +308,7 @@ class Files:
             coarse = {ordered[i].start for i in ends if ordered[i].level in "md"}
             if not coarse:
                 break
-            segments = await self._finer(owner, segments, coarse, match)
+            segments = await self._finer(owner, segments, coarse, match, known)
         if not ends:  # counters that disagree with themselves (until fsck): nothing to show there
             return total, []
         chosen = ordered[ends[0] : ends[-1] + 1]
@@ -304,22 +317,27 @@ class Files:
         docs.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)
         return total, docs[first - before : last - before + 1]
 
-    async def _finer(self, owner: str, segments: list[Segment], starts: set, match: cn.Match) -> list[Segment]:
+    async def _finer(
+        self, owner: str, segments: list[Segment], starts: set, match: cn.Match, known: dict[str, dict | None]
+    ) -> list[Segment]:
         """The segments with the months and days that start at `starts` cut into days and hours:
-        one read of those months' day counts or of those days' hour counts (by _id)."""
+        one read of those months' day counts or of those days' hour counts (by _id), unless
+        they are among the counter documents `known` already (None: read, and not there)."""
         chosen = [s for s in segments if s.start in starts and s.level in "md"]
         cut = {id(s) for s in chosen}
         ids = [(cn.month_id if s.level == "m" else cn.day_id)(owner, s.start) for s in chosen]
-        docs = {d["_id"]: d for d in await self.counters.find({"_id": {"$in": ids}}).to_list()} if ids else {}
+        if missing := [i for i in ids if i not in known]:
+            found = {d["_id"]: d for d in await self.counters.find({"_id": {"$in": missing}}).to_list()}
+            known.update((i, found.get(i)) for i in missing)
         out: list[Segment] = []
         for segment in segments:
             if id(segment) not in cut:
                 out.append(segment)
             elif segment.level == "m":
-                days = (docs.get(cn.month_id(owner, segment.start)) or {}).get("days") or {}
+                days = (known.get(cn.month_id(owner, segment.start)) or {}).get("days") or {}
                 out += cn.day_segments(segment.start, days, segment.start, segment.end, match)
             else:
-                doc = docs.get(cn.day_id(owner, segment.start))
+                doc = known.get(cn.day_id(owner, segment.start))
                 out += cn.hour_segments(doc, segment.start, segment.end, match) if doc else []
         return sorted((s for s in out if s.n), key=lambda s: s.start)
 
@@ -331,27 +349,32 @@ class Files:
         a: dt.datetime,
         b: dt.datetime,
         match: cn.Match | None = None,
+        known: dict[str, dict | None] | None = None,
+        ahead: Iterable[str] = (),
     ) -> list[Segment]:
         """[a, b) cut into whole months, whole days, whole hours and the pieces of an hour at its
-        ends, each with what matches in it, oldest first, the empty ones left out: the account
-        document (its `months`), the at most two months and two days the range cuts by _id, and
-        at most two reads of an hour of files, all at once."""
+        ends, each with what matches in it, oldest first, the empty ones left out: one `_id $in`
+        read of the account document (its `months`), the at most two months and two days the
+        range cuts, and the counter documents `ahead` (what `known` then holds for `_finer`),
+        beside at most two reads of an hour of files, all at once."""
         match = match or cn.cell_filter(criteria, is_avatar)
         low, high = cn.ceil_hour(a), cn.hour_start(b)
         if low >= high:
             return [s for s in [await self._raw(owner, criteria, is_avatar, a, b)] if s.n]
         # whole months: the account document's; the months cut by low or high with their days,
-        # and the days cut by them with their hours (by _id)
+        # and the days cut by them with their hours
         cut = {cn.month_id(owner, t) for t in (low, high - cn.MS) if not _whole_months(t, low, high)}
         cut |= {cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)}
-        reads = [self.counters.find_one({"_id": owner})]
-        if cut:
-            reads.append(self.counters.find({"_id": {"$in": sorted(cut)}}).to_list())
+        ids = sorted({owner, *cut, *ahead})
         raws = [(a, low), (high, b)]
-        results = await asyncio.gather(*reads, *(self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y))
-        account, parts, edges = results[0] or {}, results[1] if cut else [], results[len(reads) :]
+        pieces = (self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y)
+        counters, *edges = await asyncio.gather(self.counters.find({"_id": {"$in": ids}}).to_list(), *pieces)
+        docs = {doc["_id"]: doc for doc in counters}
+        if known is not None:
+            known.update((i, docs.get(i)) for i in ids)
+        account = docs.get(owner) or {}
         segments: list[Segment] = [*edges, *cn.whole_months(account.get("months"), low, high, match)]
-        for doc in parts:
+        for doc in (docs[i] for i in sorted(cut) if i in docs):
             segments += (cn.hour_segments if doc.get("span") == "d" else cn.month_segments)(doc, low, high, match)
         return sorted((s for s in segments if s.n), key=lambda s: s.start)
 
@@ -397,7 +420,8 @@ class Files:
         high = cn.FAR
         if cn.countable(criteria):
             match = cn.cell_filter(criteria, is_avatar)
-            segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria))
+            known: dict[str, dict | None] = {}
+            segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria), match, known)
             while True:
                 reached, used = None, 0
                 for segment in segments:
@@ -407,7 +431,7 @@ class Files:
                         break
                 if reached is None or reached.level not in "md":
                     break
-                segments = await self._finer(owner, segments, {reached.start}, match)
+                segments = await self._finer(owner, segments, {reached.start}, match, known)
             high = cn.FAR if reached is None else reached.end
         q = query(owner, criteria, is_avatar)
         q["created_at"] = {**q.get("created_at", {}), "$lt": high}

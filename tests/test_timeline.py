@@ -251,3 +251,30 @@ async def test_counters_kept_by_version_2_are_rebuilt_at_start_up(parts):
         assert total == len(full) and [d["_id"] for d in got] == full[(number - 1) * 7 : number * 7]
     since = Criteria(date_gte=NOW - dt.timedelta(days=400, hours=3))
     assert await files.usage(OWNER, since) == await files.scan_usage(OWNER, since)
+
+
+async def test_a_first_page_of_the_last_two_days_is_two_reads(parts):
+    """The first newest-first page reads the account, month and day counters of the last two
+    days in one `_id $in` and then its files: two commands when it lies in those days, and the
+    same answer as every other page (the other counters are read when it does not)."""
+    rng = random.Random(21)
+    now = dt.datetime.now(dt.UTC)
+    docs = []
+    for i in range(1, 91):
+        at = now - dt.timedelta(minutes=rng.choice([rng.randint(0, 40 * 60), rng.randint(0, 9 * 1440)]))
+        doc = _doc(70_000 + i, at.replace(microsecond=at.microsecond // 1000 * 1000), rng)
+        await parts.files.insert(doc)
+        docs.append(doc)
+    full = [d["_id"] for d in sorted(_brute(docs, Criteria(), False), key=lambda d: (d["created_at"], d["_id"]), reverse=True)]
+    recent = sum(1 for d in docs if not d["is_avatar"] and d["created_at"] >= now - dt.timedelta(hours=24))
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    for per_page in (3, recent, 40, 100):
+        sent.clear()
+        total, got = await parts.files.page(OWNER, Criteria(), Page(1, per_page), False)
+        assert total == len(full) and [d["_id"] for d in got] == full[:per_page], per_page
+        if per_page <= recent:
+            assert sent == ["find", "find"], per_page
+    for number in (2, 3):
+        total, got = await parts.files.page(OWNER, Criteria(), Page(number, 40), False)
+        assert [d["_id"] for d in got] == full[(number - 1) * 40 : number * 40]
