@@ -136,6 +136,12 @@ def _insert_error(doc: dict, error: dict) -> Exception:
     return PyMongoError(error.get("errmsg", "insert failed"))
 
 
+def _one_of(ids: list[str]) -> str | dict:
+    """An `_id` condition for these ids: equality for one (a cheaper plan than `$in` on the
+    embedded database; the same point read on MongoDB)."""
+    return ids[0] if len(ids) == 1 else {"$in": ids}
+
+
 def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
     """The month and day counters of the newest two days before `b` (and before the next hour:
     nothing is newer): where a first newest-first page nearly always lies."""
@@ -327,7 +333,7 @@ class Files:
         cut = {id(s) for s in chosen}
         ids = [(cn.month_id if s.level == "m" else cn.day_id)(owner, s.start) for s in chosen]
         if missing := [i for i in ids if i not in known]:
-            found = {d["_id"]: d for d in await self.counters.find({"_id": {"$in": missing}}).to_list()}
+            found = {d["_id"]: d for d in await self.counters.find({"_id": _one_of(missing)}).to_list()}
             known.update((i, found.get(i)) for i in missing)
         out: list[Segment] = []
         for segment in segments:
@@ -368,7 +374,7 @@ class Files:
         ids = sorted({owner, *cut, *ahead})
         raws = [(a, low), (high, b)]
         pieces = (self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y)
-        counters, *edges = await asyncio.gather(self.counters.find({"_id": {"$in": ids}}).to_list(), *pieces)
+        counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
         docs = {doc["_id"]: doc for doc in counters}
         if known is not None:
             known.update((i, docs.get(i)) for i in ids)
