@@ -321,9 +321,9 @@ def whole_months(months: dict, a: dt.datetime, b: dt.datetime, match: Match) -> 
         start = month_of_key(key)
         end = next_month(start)
         if a <= start and end <= b:
-            segment = Segment(start, end, "m")
-            segment.n = add_cells(segment.buckets, cells, match)
-            out.append(segment)
+            buckets: dict[str, list[int]] = {}
+            if n := add_cells(buckets, cells, match):  # the empty ones are dropped anyway
+                out.append(Segment(start, end, "m", buckets, n))
     return out
 
 
@@ -341,9 +341,9 @@ def _whole_units(
     for name, cells in units.items():
         start = begin(name)
         if a <= start and start + length <= b:
-            segment = Segment(start, start + length, tag)
-            segment.n = add_cells(segment.buckets, cells, match)
-            out.append(segment)
+            buckets: dict[str, list[int]] = {}
+            if n := add_cells(buckets, cells, match):  # the empty ones are dropped anyway
+                out.append(Segment(start, start + length, tag, buckets, n))
     return out
 
 
