@@ -6,15 +6,20 @@ is an avatar, its media type and its context. Three kinds of document hold the
 count (`n`) and bytes (`b`) per cell; all live in `file_counts`, so one insert or delete moves them
 with one bulk command:
 
-- `{_id: owner}`: the owner's whole account: the stats buckets (`images.count`, …) and `cells`.
-- `{_id: "owner/YYYY-MM", span: "m"}`: one calendar month (UTC): `cells`, and `days.DD.<cell>`.
-- `{_id: "owner/YYYY-MM-DD", span: "d"}`: one day: `hours.HH.<cell>`.
+- `{_id: owner}`: the owner's whole account: the stats buckets (`images.count`, …), `cells`, and
+  `months.YYYY-MM.<cell>` (one small map per calendar month, UTC, that holds files).
+- `{_id: "owner/YYYY-MM", span: "m"}`: one month's days: `days.DD.<cell>`.
+- `{_id: "owner/YYYY-MM-DD", span: "d"}`: one day's hours: `hours.HH.<cell>`.
 
 A date range [a, b) is cut into whole months, whole days, whole hours and at most two pieces of an
-hour at its ends (`segments`); the whole ones are read from the counters (one range read of the
-month documents, at most two day documents by _id) and the pieces from `files` through the
-(owner, is_avatar, created_at) or (owner, created_at) index, an hour of files at most. A bare JID
-never holds "/", so the _ids cannot collide across owners.
+hour at its ends (`segments`); the whole months are read from the account document (the point
+read every stats request makes anyway), the days of the at most two months it cuts and the hours
+of the at most two days it cuts by _id, and the pieces from `files` through the
+(owner, is_avatar, created_at) or (owner, created_at) index, an hour of files at most. The whole
+months live in the account document rather than in the month documents because every listing
+needs all of them and none of their days: read from the month documents they cost a range read
+that decodes every month's days (SecantusDB decodes whole documents, a real MongoDB reads them
+whole from disk). A bare JID never holds "/", so the _ids cannot collide across owners.
 """
 
 from __future__ import annotations
@@ -92,7 +97,31 @@ def countable(criteria: Criteria) -> bool:
     return criteria.ids is None and criteria.slot_id is None and criteria.size_gte is None and criteria.size_lte is None
 
 
-def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Callable[[Cell], bool]:
+_UNSEEN = "?"  # not a bucket name
+
+
+class Match:
+    """Which cells a selection takes: callable on a Cell, and `bucket(key)`: the stats bucket of
+    the cell a counter key names, None when the selection does not take it (remembered per key:
+    a listing looks at the same few cells in every month, day and hour it reads)."""
+
+    def __init__(self, test: Callable[[Cell], bool], plain: bool) -> None:
+        self.test = test
+        self.plain = plain  # nothing but avatars or not: every file of that side matches
+        self.known: dict[str, str | None] = {}  # counter key -> bucket (None: not selected)
+
+    def __call__(self, cell: Cell) -> bool:
+        return self.test(cell)
+
+    def bucket(self, key: str) -> str | None:
+        found = self.known.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            cell = Cell.parse(key)
+            found = self.known[key] = cell.bucket if self.test(cell) else None
+        return found
+
+
+def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Match:
     """The cells that `models.files.query(owner, criteria, is_avatar)` selects, dates aside; keep
     the two in step."""
     named = None if criteria.contexts is None else set(criteria.contexts)
@@ -116,12 +145,22 @@ def cell_filter(criteria: Criteria, is_avatar: bool | None) -> Callable[[Cell], 
             return cell.media_type == wanted
         return cell.media_type is not None and cell.media_type.startswith(prefix)
 
-    return match
+    return Match(match, named is None and types is None and wanted is None)
 
 
 # -- keys and spans --------------------------------------------------------------------------
 def month_key(t: dt.datetime) -> str:
     return f"{t.year:04d}-{t.month:02d}"
+
+
+def month_of_key(key: str) -> dt.datetime:
+    """The start of the month a "YYYY-MM" key names."""
+    return dt.datetime(int(key[:4]), int(key[5:7]), 1, tzinfo=dt.UTC)
+
+
+def day_of_key(key: str) -> dt.datetime:
+    """The start of the day a "YYYY-MM-DD" key names."""
+    return dt.datetime(int(key[:4]), int(key[5:7]), int(key[8:10]), tzinfo=dt.UTC)
 
 
 def month_start(t: dt.datetime) -> dt.datetime:
@@ -165,8 +204,10 @@ def increments(doc: dict, sign: int) -> list[tuple[dict, dict]]:
     key = cell.key
     at = _utc(doc["created_at"])
     total = {f"{cell.bucket}.count": sign, f"{cell.bucket}.used": size, f"cells.{key}.n": sign, f"cells.{key}.b": size}
+    months = f"months.{month_key(at)}.{key}"
+    total[f"{months}.n"], total[f"{months}.b"] = sign, size
     day = f"{at.day:02d}"
-    month = {f"cells.{key}.n": sign, f"cells.{key}.b": size, f"days.{day}.{key}.n": sign, f"days.{day}.{key}.b": size}
+    month = {f"days.{day}.{key}.n": sign, f"days.{day}.{key}.b": size}
     hour = f"{at.hour:02d}"
     daily = {f"hours.{hour}.{key}.n": sign, f"hours.{hour}.{key}.b": size}
     return [
@@ -219,7 +260,7 @@ def counts_nothing(doc: dict | None) -> bool:
     """A counter document (normalised) that counts no file."""
     if doc is None:
         return True
-    return not any(doc.get(name) for name in ("cells", "days", "hours")) and not any(
+    return not any(doc.get(name) for name in ("cells", "months", "days", "hours")) and not any(
         (doc.get(name) or {}).get("count") or (doc.get(name) or {}).get("used") for name in BUCKET_NAMES
     )
 
@@ -234,44 +275,56 @@ class Segment:
     end: dt.datetime
     level: str
     buckets: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return sum(value[0] for value in self.buckets.values())
+    n: int = 0  # files in all buckets: kept by `add_cells` and `add_files` (a page sums it often)
 
     @property
     def used(self) -> int:
         return sum(value[1] for value in self.buckets.values())
 
 
-def add_cells(buckets: dict[str, list[int]], cells: dict, match: Callable[[Cell], bool]) -> None:
+def add_cells(buckets: dict[str, list[int]], cells: dict, match: Match) -> int:
+    """Add the matching cells' counts and bytes to `buckets`; returns the count added."""
+    known, added = match.known, 0
     for key, value in (cells or {}).items():
-        cell = Cell.parse(key)
-        if match(cell):
-            n, b = int(value.get("n", 0)), int(value.get("b", 0))
-            if n or b:
-                slot = buckets.setdefault(cell.bucket, [0, 0])
+        name = known.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = match.bucket(key)
+        if name is None:
+            continue
+        n, b = value.get("n", 0), value.get("b", 0)
+        if n or b:
+            added += n
+            slot = buckets.get(name)
+            if slot is None:
+                buckets[name] = [n, b]
+            else:
                 slot[0] += n
                 slot[1] += b
+    return added
 
 
-def add_files(buckets: dict[str, list[int]], docs: Iterable[dict]) -> None:
+def add_files(buckets: dict[str, list[int]], docs: Iterable[dict]) -> int:
+    """Count `docs` (files) into `buckets`; returns how many."""
+    added = 0
     for doc in docs:
         slot = buckets.setdefault(Cell.of(doc).bucket, [0, 0])
         slot[0] += 1
         slot[1] += doc["size"]
+        added += 1
+    return added
 
 
-def month_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
-    """What one month document says about [a, b) (a and b on hours): the month whole, or its
-    whole days inside the range. Days cut by a or b are left to the day documents."""
-    start = dt.datetime.strptime(doc["key"], "%Y-%m").replace(tzinfo=dt.UTC)
-    end = next_month(start)
-    if a <= start and end <= b:
-        segment = Segment(start, end, "m")
-        add_cells(segment.buckets, doc.get("cells") or {}, match)
-        return [segment]
-    return day_segments(start, doc.get("days") or {}, a, b, match)
+def whole_months(months: dict, a: dt.datetime, b: dt.datetime, match: Match) -> list[Segment]:
+    """The months of the account document's `months` that lie wholly within [a, b], counted."""
+    out = []
+    for key, cells in (months or {}).items():
+        start = month_of_key(key)
+        end = next_month(start)
+        if a <= start and end <= b:
+            buckets: dict[str, list[int]] = {}
+            if n := add_cells(buckets, cells, match):  # the empty ones are dropped anyway
+                out.append(Segment(start, end, "m", buckets, n))
+    return out
 
 
 def _whole_units(
@@ -281,23 +334,29 @@ def _whole_units(
     tag: str,
     a: dt.datetime,
     b: dt.datetime,
-    match: Callable[[Cell], bool],
+    match: Match,
 ) -> list[Segment]:
     """The units (days of a month, hours of a day) that lie wholly within [a, b], counted."""
     out = []
     for name, cells in units.items():
         start = begin(name)
         if a <= start and start + length <= b:
-            segment = Segment(start, start + length, tag)
-            add_cells(segment.buckets, cells, match)
-            out.append(segment)
+            buckets: dict[str, list[int]] = {}
+            if n := add_cells(buckets, cells, match):  # the empty ones are dropped anyway
+                out.append(Segment(start, start + length, tag, buckets, n))
     return out
 
 
-def day_segments(month: dt.datetime, days: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
+def day_segments(month: dt.datetime, days: dict, a: dt.datetime, b: dt.datetime, match: Match) -> list[Segment]:
     return _whole_units(days, lambda name: month.replace(day=int(name)), DAY, "d", a, b, match)
 
 
-def hour_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Callable[[Cell], bool]) -> list[Segment]:
-    day = dt.datetime.strptime(doc["key"], "%Y-%m-%d").replace(tzinfo=dt.UTC)
+def month_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Match) -> list[Segment]:
+    """The whole days inside [a, b) of one month document (the days a or b cuts are left to the
+    day documents)."""
+    return day_segments(month_of_key(doc["key"]), doc.get("days") or {}, a, b, match)
+
+
+def hour_segments(doc: dict, a: dt.datetime, b: dt.datetime, match: Match) -> list[Segment]:
+    day = day_of_key(doc["key"])
     return _whole_units(doc.get("hours") or {}, lambda name: day.replace(hour=int(name)), HOUR, "h", a, b, match)

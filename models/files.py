@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterable
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -36,7 +37,7 @@ DIGEST_FIELDS = {32: "md5", 40: "sha1", 64: "sha256"}  # hex length -> field
 # The kinds a file is of (the API's `type` filter, KINDS: the stats bucket of each) live in
 # models/counters.py; avatars count in their own bucket whatever their kind.
 MARKER = "#counters"  # in file_counts: the counters have the shape this version keeps (cells, spans)
-COUNTER_VERSION = 2
+COUNTER_VERSION = 3  # 3: the months in the account document, the month documents hold days only
 ORDERS = {(("created_at", -1),): -1, (("created_at", 1),): 1}  # the orders the counters page
 _COUNTED = {"owner": 1, "size": 1, "kind": 1, "is_avatar": 1, "media_type": 1, "context": 1, "created_at": 1}
 
@@ -133,6 +134,20 @@ def _insert_error(doc: dict, error: dict) -> Exception:
             return SlotTaken(doc["slot_id"])
         return DuplicateKeyError(error.get("errmsg", "duplicate key"), 11000, error)
     return PyMongoError(error.get("errmsg", "insert failed"))
+
+
+def _one_of(ids: list[str]) -> str | dict:
+    """An `_id` condition for these ids: equality for one (a cheaper plan than `$in` on the
+    embedded database; the same point read on MongoDB)."""
+    return ids[0] if len(ids) == 1 else {"$in": ids}
+
+
+def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
+    """The month and day counters of the newest two days before `b` (and before the next hour:
+    nothing is newer): where a first newest-first page nearly always lies."""
+    t = min(cn.hour_start(b), cn.ceil_hour(utcnow())) - cn.MS
+    days = (t, t - cn.DAY)
+    return [*{cn.month_id(owner, day) for day in days}, *(cn.day_id(owner, day) for day in days)]
 
 
 class Files:
@@ -274,7 +289,11 @@ class Files:
         created_at range, sorted, skipping what precedes the page within it, is the page."""
         a, b = _bounds(criteria)
         match = cn.cell_filter(criteria, is_avatar)
-        segments = await self._segments(owner, criteria, is_avatar, a, b)
+        known: dict[str, dict | None] = {}
+        # the first newest-first page (what every client opens) nearly always lies in the last
+        # day or two: their counters come with the account document, in the same read
+        ahead = _newest_counters(owner, b) if direction < 0 and page.number == 1 else ()
+        segments = await self._segments(owner, criteria, is_avatar, a, b, match, known, ahead)
         total = sum(s.n for s in segments)
         first = page.skip
         if first >= total:
@@ -284,90 +303,116 @@ class Files:
             ordered = segments if direction > 0 else segments[::-1]
             ends, before, seen = [], 0, 0
             for index, segment in enumerate(ordered):
-                if seen <= first < seen + segment.n:
+                n = segment.n
+                if seen <= first < seen + n:
                     ends.append(index)
                     before = seen
-                if seen <= last < seen + segment.n:
+                if seen <= last < seen + n:
                     ends.append(index)
                     break
-                seen += segment.n
+                seen += n
             coarse = {ordered[i].start for i in ends if ordered[i].level in "md"}
             if not coarse:
                 break
-            segments = await self._finer(owner, segments, coarse, match)
+            segments = await self._finer(owner, segments, coarse, match, known)
         if not ends:  # counters that disagree with themselves (until fsck): nothing to show there
             return total, []
         chosen = ordered[ends[0] : ends[-1] + 1]
         low, high = min(s.start for s in chosen), max(s.end for s in chosen)
-        docs = await self._in_range(owner, criteria, is_avatar, low, high)
+        docs = await self._in_range(owner, criteria, is_avatar, low, high, match=match)
         docs.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)
         return total, docs[first - before : last - before + 1]
 
-    async def _finer(self, owner: str, segments: list[Segment], starts: set, match) -> list[Segment]:
+    async def _finer(
+        self, owner: str, segments: list[Segment], starts: set, match: cn.Match, known: dict[str, dict | None]
+    ) -> list[Segment]:
         """The segments with the months and days that start at `starts` cut into days and hours:
-        one read of those months' day counts and one of those days' hour counts (by _id)."""
+        one read of those months' day counts or of those days' hour counts (by _id), unless
+        they are among the counter documents `known` already (None: read, and not there)."""
         chosen = [s for s in segments if s.start in starts and s.level in "md"]
         cut = {id(s) for s in chosen}
         ids = [(cn.month_id if s.level == "m" else cn.day_id)(owner, s.start) for s in chosen]
-        docs = {d["_id"]: d async for d in self.counters.find({"_id": {"$in": ids}})} if ids else {}
+        if missing := [i for i in ids if i not in known]:
+            found = {d["_id"]: d for d in await self.counters.find({"_id": _one_of(missing)}).to_list()}
+            known.update((i, found.get(i)) for i in missing)
         out: list[Segment] = []
         for segment in segments:
             if id(segment) not in cut:
                 out.append(segment)
             elif segment.level == "m":
-                days = (docs.get(cn.month_id(owner, segment.start)) or {}).get("days") or {}
+                days = (known.get(cn.month_id(owner, segment.start)) or {}).get("days") or {}
                 out += cn.day_segments(segment.start, days, segment.start, segment.end, match)
             else:
-                doc = docs.get(cn.day_id(owner, segment.start))
+                doc = known.get(cn.day_id(owner, segment.start))
                 out += cn.hour_segments(doc, segment.start, segment.end, match) if doc else []
         return sorted((s for s in out if s.n), key=lambda s: s.start)
 
     async def _segments(
-        self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime
+        self,
+        owner: str,
+        criteria: Criteria,
+        is_avatar: bool | None,
+        a: dt.datetime,
+        b: dt.datetime,
+        match: cn.Match | None = None,
+        known: dict[str, dict | None] | None = None,
+        ahead: Iterable[str] = (),
     ) -> list[Segment]:
         """[a, b) cut into whole months, whole days, whole hours and the pieces of an hour at its
-        ends, each with what matches in it, oldest first, the empty ones left out: one range read
-        of the month counters, at most two day counters by _id, and at most two reads of an hour
-        of files."""
-        match = cn.cell_filter(criteria, is_avatar)
+        ends, each with what matches in it, oldest first, the empty ones left out: one `_id $in`
+        read of the account document (its `months`), the at most two months and two days the
+        range cuts, and the counter documents `ahead` (what `known` then holds for `_finer`),
+        beside at most two reads of an hour of files, all at once."""
+        match = match or cn.cell_filter(criteria, is_avatar)
         low, high = cn.ceil_hour(a), cn.hour_start(b)
         if low >= high:
             return [s for s in [await self._raw(owner, criteria, is_avatar, a, b)] if s.n]
-        # whole months: their cells only (a range read); the months cut by low or high with their
-        # days, and the days cut by them with their hours (by _id)
-        whole = {"$gte": cn.month_key(cn.next_month(low - cn.MS)), "$lt": cn.month_key(cn.month_start(high))}
-        months_q = {"owner": owner, "span": "m", "key": whole}
+        # whole months: the account document's; the months cut by low or high with their days,
+        # and the days cut by them with their hours
         cut = {cn.month_id(owner, t) for t in (low, high - cn.MS) if not _whole_months(t, low, high)}
         cut |= {cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)}
-        reads = [self.counters.find(months_q, {"days": 0}).to_list(), self.counters.find({"_id": {"$in": sorted(cut)}}).to_list()]
+        ids = sorted({owner, *cut, *ahead})
         raws = [(a, low), (high, b)]
-        results = await asyncio.gather(*reads, *(self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y))
-        months, parts, edges = results[0], results[1], results[2:]
-        segments: list[Segment] = list(edges)
-        for doc in months:
-            segments += cn.month_segments(doc, low, high, match)
-        for doc in parts:
+        pieces = (self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y)
+        counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
+        docs = {doc["_id"]: doc for doc in counters}
+        if known is not None:
+            known.update((i, docs.get(i)) for i in ids)
+        account = docs.get(owner) or {}
+        segments: list[Segment] = [*edges, *cn.whole_months(account.get("months"), low, high, match)]
+        for doc in (docs[i] for i in sorted(cut) if i in docs):
             segments += (cn.hour_segments if doc.get("span") == "d" else cn.month_segments)(doc, low, high, match)
         return sorted((s for s in segments if s.n), key=lambda s: s.start)
 
     async def _in_range(
-        self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime, fields: dict | None = None
+        self,
+        owner: str,
+        criteria: Criteria,
+        is_avatar: bool | None,
+        a: dt.datetime,
+        b: dt.datetime,
+        fields: dict | None = None,
+        match: cn.Match | None = None,
     ) -> list[dict]:
         """The matching files created in [a, b) (a page and an hour or two of files): the query
         names exactly the (owner, is_avatar, created_at) or (owner, created_at) index, and the
         other filters (kind, context, media type) are applied here, so that no planner is
         tempted by another index that reads more."""
-        base = query(owner, criteria, is_avatar)
         q: dict = {"owner": owner, "created_at": {"$gte": a, "$lt": b}}
+        match = match or cn.cell_filter(criteria, is_avatar)
+        if match.plain:  # avatars or not, nothing else: every document of the range matches
+            if is_avatar is not None:
+                q["is_avatar"] = is_avatar
+            return await self.c.find(q, fields).to_list()
+        base = query(owner, criteria, is_avatar)
         if "is_avatar" in base:
             q["is_avatar"] = base["is_avatar"]
-        match = cn.cell_filter(criteria, is_avatar)
         return [doc for doc in await self.c.find(q, fields).to_list() if match(cn.Cell.of(doc))]
 
     async def _raw(self, owner: str, criteria: Criteria, is_avatar: bool | None, a: dt.datetime, b: dt.datetime) -> Segment:
         """A piece of at most an hour or two, counted in `files` (index range on created_at)."""
         segment = Segment(a, b, "r")
-        cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
+        segment.n = cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
         return segment
 
     async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:
@@ -381,7 +426,8 @@ class Files:
         high = cn.FAR
         if cn.countable(criteria):
             match = cn.cell_filter(criteria, is_avatar)
-            segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria))
+            known: dict[str, dict | None] = {}
+            segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria), match, known)
             while True:
                 reached, used = None, 0
                 for segment in segments:
@@ -391,7 +437,7 @@ class Files:
                         break
                 if reached is None or reached.level not in "md":
                     break
-                segments = await self._finer(owner, segments, {reached.start}, match)
+                segments = await self._finer(owner, segments, {reached.start}, match, known)
             high = cn.FAR if reached is None else reached.end
         q = query(owner, criteria, is_avatar)
         q["created_at"] = {**q.get("created_at", {}), "$lt": high}

@@ -55,7 +55,8 @@ class Tokens:
     async def verify(self, token: str) -> TokenInfo | None:
         """The token's owner if it exists and has not expired; keeps last_used_at per minute."""
         now = utcnow()
-        doc = await self.c.find_one({"hash": token_hash(token)}, {"owner": 1, "expires": 1, "last_used_at": 1})
+        # no projection: a token document is eight small fields (see Users.quota)
+        doc = await self.c.find_one({"hash": token_hash(token)})
         if doc is None or doc["expires"] <= now:
             return None
         last = doc.get("last_used_at")

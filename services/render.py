@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -16,11 +17,17 @@ def iso(value: dt.datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    elif value.utcoffset():
+        value = value.astimezone(dt.UTC)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# what `quote(name, safe="")` leaves as it is: a name of only these needs no quoting (most do)
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
 def media_url(public_url: str, slot_id: str, name: str) -> str:
-    return f"{public_url}/media/{slot_id}/{quote(name, safe='')}"
+    return f"{public_url}/media/{slot_id}/{name if _UNRESERVED.fullmatch(name) else quote(name, safe='')}"
 
 
 def thumb_name(name: str) -> str:

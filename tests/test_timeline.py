@@ -179,6 +179,7 @@ async def test_fsck_rebuilds_every_counter(parts):
     some_month = next(key for key in right if key.count("-") == 1)
     some_day = next(key for key in right if key.count("-") == 2)
     await counters.delete_one({"_id": some_month})
+    await counters.update_one({"_id": OWNER}, {"$unset": {f"months.{some_month.split('/')[1]}": ""}})  # its whole-month cells
     await counters.update_one({"_id": some_day}, {"$inc": {"hours.03.image|0|=image|~.n": 4}}, upsert=True)
     await counters.insert_one({"_id": "ghost@example.org/2020-01", "owner": "ghost@example.org", "span": "m", "cells": {}})
     wrong = Criteria(date_gte=NOW - dt.timedelta(days=800))
@@ -221,3 +222,59 @@ async def test_concurrent_first_files_of_a_day_all_count(parts):
     assert await parts.files.usage(OWNER, day) == await parts.files.scan_usage(OWNER, day)
     assert sum(b["count"] for b in (await parts.files.counts(OWNER)).values()) == 40
     assert await parts.files.recount(OWNER) == 0
+
+
+async def test_counters_kept_by_version_2_are_rebuilt_at_start_up(parts):
+    """Version 2 kept each month's `cells` in its month document and no `months` in the account
+    document: start-up (`migrate`, which server.py and fsck run) rebuilds them, so an upgraded
+    deployment never pages or counts from the old shape."""
+    docs = await _seed(parts, 80)
+    files, counters = parts.files, parts.db.db["file_counts"]
+    for doc in await counters.find({"owner": OWNER, "span": "m"}).to_list():  # back to version 2's shape
+        cells: dict = {}
+        for day in doc["days"].values():
+            for key, value in day.items():
+                slot = cells.setdefault(key, {"n": 0, "b": 0})
+                slot["n"] += value["n"]
+                slot["b"] += value["b"]
+        await counters.update_one({"_id": doc["_id"]}, {"$set": {"cells": cells}})
+    await counters.update_one({"_id": OWNER}, {"$unset": {"months": ""}})
+    await counters.replace_one({"_id": "#counters"}, {"v": 2}, upsert=True)
+    full = [d["_id"] for d in sorted(_brute(docs, Criteria(), False), key=lambda d: (d["created_at"], d["_id"]), reverse=True)]
+    assert (await files.page(OWNER, Criteria(), Page(2, 7), False))[1] != full[7:14]  # what the old shape would show
+
+    assert await files.migrate(parts.file_ids) == 0
+    assert await files.recount(OWNER) == 0  # every counter document as fsck computes it
+    assert (await counters.find_one({"_id": "#counters"}))["v"] >= 3
+    for number in (1, 2, 5):
+        total, got = await files.page(OWNER, Criteria(), Page(number, 7), False)
+        assert total == len(full) and [d["_id"] for d in got] == full[(number - 1) * 7 : number * 7]
+    since = Criteria(date_gte=NOW - dt.timedelta(days=400, hours=3))
+    assert await files.usage(OWNER, since) == await files.scan_usage(OWNER, since)
+
+
+async def test_a_first_page_of_the_last_two_days_is_two_reads(parts):
+    """The first newest-first page reads the account, month and day counters of the last two
+    days in one `_id $in` and then its files: two commands when it lies in those days, and the
+    same answer as every other page (the other counters are read when it does not)."""
+    rng = random.Random(21)
+    now = dt.datetime.now(dt.UTC)
+    docs = []
+    for i in range(1, 91):
+        at = now - dt.timedelta(minutes=rng.choice([rng.randint(0, 40 * 60), rng.randint(0, 9 * 1440)]))
+        doc = _doc(70_000 + i, at.replace(microsecond=at.microsecond // 1000 * 1000), rng)
+        await parts.files.insert(doc)
+        docs.append(doc)
+    full = [d["_id"] for d in sorted(_brute(docs, Criteria(), False), key=lambda d: (d["created_at"], d["_id"]), reverse=True)]
+    recent = sum(1 for d in docs if not d["is_avatar"] and d["created_at"] >= now - dt.timedelta(hours=24))
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    for per_page in (3, recent, 40, 100):
+        sent.clear()
+        total, got = await parts.files.page(OWNER, Criteria(), Page(1, per_page), False)
+        assert total == len(full) and [d["_id"] for d in got] == full[:per_page], per_page
+        if per_page <= recent:
+            assert sent == ["find", "find"], per_page
+    for number in (2, 3):
+        total, got = await parts.files.page(OWNER, Criteria(), Page(number, 40), False)
+        assert [d["_id"] for d in got] == full[(number - 1) * 40 : number * 40]
