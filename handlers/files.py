@@ -305,7 +305,7 @@ class PercentHandler(BaseHandler):
 
     async def get(self, percent: str) -> None:
         criteria = await self._selection(percent)
-        self.reply(await self.ctx.files.list(self.owner, criteria, self.params.page(), None))
+        self.reply(await self.ctx.files.list(self.owner, criteria, self.params.page(), False))
 
     async def delete(self, percent: str) -> None:
-        self.reply(await self.ctx.files.delete_answer(self.owner, await self._selection(percent), None))
+        self.reply(await self.ctx.files.delete_answer(self.owner, await self._selection(percent), False))

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -415,15 +416,16 @@ class Files:
         segment.n = cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
         return segment
 
-    async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> list[int]:
-        """The ids of `owner`'s oldest matching files whose sizes together first reach `target`
-        bytes (all of them when they never do), read oldest first, id and size only. The counters
-        say in which hour the sum reaches `target`: only the files before its end are read."""
-        chosen: list[int] = []
-        total = 0
+    async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> Criteria:
+        """`owner`'s oldest matching files (by `created_at`, ties by id) whose sizes together first
+        reach `target` bytes (all of them when they never do), as a selection: the criteria with
+        `date_lte` at the last one's `created_at`. The counters say in which hour the sum reaches
+        `target` and how much the hours before it hold: only that hour's files are read. When
+        files of that very millisecond fall on both sides of the cut, the selection names the
+        ids (`_oldest_ids`)."""
         if target <= 0:
-            return chosen
-        high = cn.FAR
+            return Criteria(ids=[])
+        low, high, before = cn.EPOCH, cn.FAR, 0
         if cn.countable(criteria):
             match = cn.cell_filter(criteria, is_avatar)
             known: dict[str, dict | None] = {}
@@ -431,24 +433,48 @@ class Files:
             while True:
                 reached, used = None, 0
                 for segment in segments:
-                    used += segment.used
-                    if used >= target:
+                    if used + segment.used >= target:
                         reached = segment
                         break
+                    used += segment.used
                 if reached is None or reached.level not in "md":
                     break
                 segments = await self._finer(owner, segments, {reached.start}, match, known)
-            high = cn.FAR if reached is None else reached.end
+            if reached is None:  # by the counters, all of the selection does not reach it
+                return await self._oldest_ids(owner, criteria, is_avatar, target)
+            low, high, before = reached.start, reached.end, used
         q = query(owner, criteria, is_avatar)
-        q["created_at"] = {**q.get("created_at", {}), "$lt": high}
-        cursor = self.c.find(q, {"size": 1}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        within = q.setdefault("created_at", {})
+        within["$gte"] = max(low, within.get("$gte", low))
+        within["$lt"] = high
+        cursor = self.c.find(q, {"size": 1, "created_at": 1}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        total, last, tied = before, None, False
         async for doc in cursor:
-            chosen.append(doc["_id"])
+            if last is not None:  # the target was reached: does the next file share its moment?
+                tied = doc["created_at"] == last
+                break
+            total += doc["size"]
+            if total >= target:
+                last = doc["created_at"]
+        await cursor.close()
+        if last is None or tied:  # the counters disagree with the files, or a cut inside one millisecond
+            return await self._oldest_ids(owner, criteria, is_avatar, target)
+        return replace(criteria, date_lte=last)
+
+    async def _oldest_ids(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> Criteria:
+        """The ids of the oldest files reaching `target`, read from the oldest file on: the rare
+        cut inside one millisecond's files, or counters that disagree with the files (before
+        fsck has rebuilt them)."""
+        chosen: list[str] = []
+        total = 0
+        cursor = self.c.find(query(owner, criteria, is_avatar), {"size": 1}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        async for doc in cursor:
+            chosen.append(str(doc["_id"]))
             total += doc["size"]
             if total >= target:
                 break
         await cursor.close()
-        return chosen
+        return Criteria(ids=chosen)
 
     async def matching(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> list[dict]:
         """What a delete would remove: just the fields the delete needs."""

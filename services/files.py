@@ -424,12 +424,12 @@ class FileManager:
 
     async def oldest(self, owner: str, percent: int, contexts: list[str] | None) -> Criteria:
         """files/percent/<n>/: the owner's oldest files (avatars only when `contexts` names them)
-        whose sizes together first reach `percent` % of the space they use, as criteria."""
+        whose sizes together first reach `percent` % of the space they use, as criteria among
+        the owner's files other than avatars (`is_avatar=False`: the contexts bring them in)."""
         # the space the owner's files use (their quota's `used` also holds pending slot reservations)
         used = sum(bucket["used"] for bucket in (await self._files.counts(owner)).values())
         target = -(-used * percent // 100)  # rounded up: "reach" means at least that much
-        criteria = Criteria(contexts=contexts)
-        return Criteria(ids=await self._files.oldest_reaching(owner, criteria, False, target))
+        return await self._files.oldest_reaching(owner, Criteria(contexts=contexts), False, target)
 
     # -- delete ----------------------------------------------------------------------------
     async def delete_answer(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:

@@ -154,18 +154,36 @@ async def test_every_page_is_the_slice_of_the_full_order(parts):
                         assert [d["_id"] for d in got] == want, (criteria, direction, per_page, number)
 
 
-async def test_oldest_reaching_reads_to_the_hour_it_needs(parts):
+async def test_oldest_reaching_is_a_bounded_selection(parts):
+    """files/percent/<n>/: the oldest files reaching a target, as a date bound read from the
+    counters and one hour of files (ids only when files of one millisecond straddle the cut)."""
     docs = await _seed(parts)
-    oldest = sorted((d for d in docs if not d["is_avatar"]), key=lambda d: (d["created_at"], d["_id"]))
-    used = sum(d["size"] for d in oldest)
-    for target in (1, used // 10, used // 2, used - 1, used, used + 10):
-        want, total = [], 0
-        for doc in oldest:
-            if total >= target:
-                break
-            want.append(doc["_id"])
-            total += doc["size"]
-        assert await parts.files.oldest_reaching(OWNER, Criteria(), False, target) == want
+    for contexts in (None, ["file", "avatar"], ["voice"]):
+        chosen = sorted(_brute(docs, Criteria(contexts=contexts), False), key=lambda d: (d["created_at"], d["_id"]))
+        used = sum(d["size"] for d in chosen)
+        sums = [sum(d["size"] for d in chosen[: i + 1]) for i in range(len(chosen))]
+        # a cut between two files of one millisecond (the seed makes some)
+        inside = [sums[i] for i in range(len(chosen) - 1) if chosen[i]["created_at"] == chosen[i + 1]["created_at"]]
+        assert inside or contexts, "the seed has files sharing a millisecond"
+        for target in (1, used // 10, used // 3, used // 2, used - 1, used, used + 10, *inside[:3]):
+            want, total = [], 0
+            for doc in chosen:
+                if total >= target:
+                    break
+                want.append(doc["_id"])
+                total += doc["size"]
+            selection = await parts.files.oldest_reaching(OWNER, Criteria(contexts=contexts), False, target)
+            if selection.ids is not None:
+                got = sorted(int(i) for i in selection.ids)
+                last = want[-1]
+                tied = [d for d in chosen if d["created_at"] == next(c for c in chosen if c["_id"] == last)["created_at"]]
+                # ids only for a cut inside one millisecond, or a target past all there is
+                assert target > used or (len(tied) > 1 and tied[-1]["_id"] != last), (contexts, target)
+            else:
+                assert selection.contexts == contexts
+                got = sorted(d["_id"] for d in _brute(docs, selection, False))
+            assert got == sorted(want), (contexts, target)
+    assert (await parts.files.oldest_reaching(OWNER, Criteria(), False, 0)).ids == []
 
 
 async def test_fsck_rebuilds_every_counter(parts):
