@@ -83,8 +83,10 @@ class Incoming:
         """Hand each full buffer to the writer threads; waits only for the previous batch (whose
         buffer is the one to fill next), so receiving and hashing overlap (and the socket is
         throttled by the store)."""
-        while self._filled == BATCH_BYTES:  # 0 once the upload is given up
+        while self._filled == BATCH_BYTES and not self._closed:
             await self._hand_over(last=False)
+            if self._closed:  # given up while the previous batch ran
+                return
             waiting, self._waiting = self._waiting, []
             for data in waiting:
                 if self._waiting:
@@ -95,7 +97,7 @@ class Incoming:
     async def _hand_over(self, last: bool) -> None:
         if self._job is not None:
             await self._wait()
-        if self._closed:  # given up (discard) while the previous batch ran
+        if self._closed:
             if last:
                 raise WriteFailed("the upload was given up")
             return
@@ -144,7 +146,9 @@ class Incoming:
         self._buffers, self._waiting, self._filled = [], [], 0
 
     async def discard(self) -> None:
-        """Give the upload up: wait for the writers, then drop what was written."""
+        """Give the upload up: wait for the writers, then drop what was written. Closed first,
+        so that a pump() waiting for the same batch hands no other over."""
+        self._closed = True
         if self._job is not None:
             with contextlib.suppress(Exception):
                 await self._job
