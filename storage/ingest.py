@@ -2,11 +2,11 @@
 
 The event loop copies each piece into one of the upload's two fixed, page-aligned buffers of
 BATCH_BYTES (no other allocation per piece, and memory does not grow with the file); each full
-buffer is handed to worker threads: one updates md5 and writes the buffer into the sink (with
-direct I/O from the buffer itself on a local volume, see storage/local.py), the other updates
-sha256 and sha1 (hashlib and the writes release the GIL, so the digests run on both cores), while
-the loop fills the other buffer. The last, partial batch, its digests and the sink's `finish`
-(durability) are one hop.
+buffer is handed to three worker threads: one writes it into the sink (with direct I/O from the
+buffer itself on a local volume, see storage/local.py: mostly a wait for the disk), one updates
+md5, one sha256 and sha1 (hashlib and the writes release the GIL, so the digests run on both
+cores), while the loop fills the other buffer. The last, partial batch, its digests and the
+sink's `finish` (durability) are one hop.
 """
 
 from __future__ import annotations
@@ -116,14 +116,18 @@ class Incoming:
             self._job = None
 
     async def _batch(self, data: memoryview, last: bool) -> None:
-        await asyncio.gather(asyncio.to_thread(self._write, data, last), asyncio.to_thread(self._digest, data))
+        await asyncio.gather(
+            asyncio.to_thread(self._write, data, last),
+            asyncio.to_thread(self._md5.update, data),
+            asyncio.to_thread(self._digest, data),
+        )
 
     def _write(self, data: memoryview, last: bool) -> None:
-        """In a thread: md5 and the write (the sink is made by the first batch); with `last`,
-        make it durable."""
+        """In a thread: the write (the sink is made by the first batch); with `last`, make it
+        durable. A direct write waits for the disk: in a thread of its own, that wait is not
+        added to md5's time."""
         if self.sink is None:
             self.sink = self.store.open_sink()
-        self._md5.update(data)
         if data:
             self.sink.write([data])
         if last:
