@@ -36,6 +36,12 @@ class Digests:
     sha256: str
 
 
+def _buffer() -> memoryview:
+    """A page-aligned buffer of BATCH_BYTES (anonymous mmap: its pages go back to the system
+    when the last view of it does)."""
+    return memoryview(mmap.mmap(-1, BATCH_BYTES))
+
+
 class Incoming:
     def __init__(self, store: ContentStore, limit: int) -> None:
         self.store = store
@@ -47,7 +53,8 @@ class Incoming:
         self._sha1 = hashlib.sha1(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
         # the buffer being filled, and the other (in the workers' hands while `_job` runs); made
-        # at the first byte, freed when the upload ends
+        # at the first byte and when the first is full (a small upload has one), freed when the
+        # upload ends
         self._buffers: list[memoryview] = []
         self._filled = 0
         self._waiting: list[memoryview] = []  # pieces fed while the buffer was full: pump() copies them
@@ -65,7 +72,7 @@ class Incoming:
         if self._closed:
             return
         if not self._buffers:
-            self._buffers = [memoryview(mmap.mmap(-1, BATCH_BYTES)) for _ in range(2)]
+            self._buffers = [_buffer()]
         if self._waiting:
             self._waiting.append(memoryview(chunk))
         else:
@@ -102,6 +109,8 @@ class Incoming:
                 raise WriteFailed("the upload was given up")
             return
         full = self._buffers[0][: self._filled] if self._buffers else memoryview(b"")
+        if len(self._buffers) == 1 and not last:
+            self._buffers.append(_buffer())  # the second, once the first is full
         self._buffers.reverse()
         self._filled = 0
         if last:

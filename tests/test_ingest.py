@@ -131,3 +131,18 @@ async def test_discard_while_a_batch_is_being_written_leaves_nothing(store):
     assert os.listdir(store.tmp) == []
     with pytest.raises(Exception, match="given up"):
         await incoming.finish()
+
+
+async def test_a_small_upload_maps_one_buffer_and_a_large_one_two(store):
+    small = Incoming(store, limit=1 << 40)
+    small.feed(opaque(4096))
+    await small.pump()
+    assert len(small._buffers) == 1
+    await small.finish()
+    assert small._buffers == []  # unmapped once the upload is over
+    large = Incoming(store, limit=1 << 40)
+    large.feed(opaque(B + 1))
+    await large.pump()
+    assert len(large._buffers) == 2
+    await large.discard()
+    assert large._buffers == []
