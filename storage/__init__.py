@@ -19,7 +19,7 @@ configured) in MongoDB's GridFS. `tests/test_store.py` is the contract both pass
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
@@ -35,8 +35,9 @@ class Sink(Protocol):
 
     path: Path | None  # the local file that holds the bytes, when there is one
 
-    def write(self, chunks: list[bytes]) -> int:
-        """Append the chunks; returns the bytes written."""
+    def write(self, chunks: Sequence[bytes | memoryview]) -> int:
+        """Append the chunks; returns the bytes written. A chunk may be a view of the caller's
+        buffer (the ingest's aligned batches): it is written or copied before this returns."""
         ...
 
     def finish(self) -> None:

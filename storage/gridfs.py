@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class GridFSSink:
         self.finished = False
         self.done = False  # committed or discarded
 
-    def write(self, chunks: list[bytes]) -> int:
+    def write(self, chunks: Sequence[bytes | memoryview]) -> int:
         total = 0
         try:
             for chunk in chunks:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from storage import WriteFailed
@@ -24,6 +25,7 @@ from storage import WriteFailed
 # thread hops and socket waits; the benchmark), and bounds each download's memory.
 READ_CHUNK = 4 << 20
 WRITEBACK_BYTES = 8 << 20  # start the kernel's writeback every this many bytes
+ALIGN = 4096  # direct I/O's unit of buffer address, length and file offset (covers 512-byte disks)
 MAX_IOVECS = 512  # below IOV_MAX (1024); a longer list of chunks is joined first
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -55,7 +57,7 @@ def _fan(sha256: str) -> Path:
     return Path(sha256[:2], sha256[2:4], sha256)
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> int:
+def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> int:
     """Write the chunks in order with one writev (rarely more); returns the bytes written."""
     if len(chunks) > MAX_IOVECS:
         chunks = [b"".join(chunks)]
@@ -68,9 +70,38 @@ def _write_all(fd: int, chunks: list[bytes]) -> int:
     return total
 
 
+def aligned(chunk: bytes | memoryview) -> bool:
+    """Whether direct I/O can write `chunk` as it is: a writable, contiguous view whose address
+    and length are multiples of ALIGN (a page-aligned buffer's, such as an mmap's)."""
+    if not isinstance(chunk, memoryview) or chunk.readonly or not chunk.c_contiguous or chunk.nbytes % ALIGN:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(chunk)) % ALIGN == 0
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; False where the filesystem has no direct I/O (the fd is
+    then unchanged: buffered)."""
+    direct = getattr(os, "O_DIRECT", 0)  # Linux, FreeBSD
+    if not direct:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | direct if on else flags & ~direct)
+    except OSError:
+        return False
+    return True
+
+
 class FileSink:
     """An upload in flight: a temp file on the volume, created by the first write (in the
-    caller's worker thread: creating a file can wait on the filesystem's journal)."""
+    caller's worker thread: creating a file can wait on the filesystem's journal).
+
+    Aligned chunks (see `aligned`: the ingest's batches) are written with direct I/O (O_DIRECT)
+    where the filesystem has it, straight from the caller's buffer to the disk: the kernel then
+    neither copies them into the page cache (pages it must first find and clear) nor keeps dirty
+    pages for the fsync. The first chunk that is not aligned (the last, short batch; any caller's
+    bytes) turns direct I/O off for the rest of the file; those are written buffered, with the
+    kernel's writeback started as they go. `finish`'s fsync makes both durable."""
 
     def __init__(self, path: Path, fd: int | None = None) -> None:
         self.path = path
@@ -78,6 +109,7 @@ class FileSink:
         self.written = 0
         self._writeback_from = 0
         self._created = fd is not None or path.exists()
+        self._direct: bool | None = None  # O_DIRECT: not tried yet, on, off
 
     def _open(self) -> int:
         if self.fd is None:
@@ -85,9 +117,16 @@ class FileSink:
             self._created = True
         return self.fd
 
-    def write(self, chunks: list[bytes]) -> int:
+    def write(self, chunks: Sequence[bytes | memoryview]) -> int:
         try:
             fd = self._open()
+            if self._direct is not False and len(chunks) == 1 and aligned(chunks[0]):
+                if self._direct is None:
+                    self._direct = _set_direct(fd, True)
+                if self._direct:
+                    return self._write_direct(fd, chunks[0])
+            elif self._direct:
+                self._direct = not _set_direct(fd, False)
             count = _write_all(fd, chunks)
         except OSError as exc:
             raise WriteFailed(exc.strerror) from exc
@@ -97,6 +136,16 @@ class FileSink:
             _start_writeback(fd, self._writeback_from, pending, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
             self._writeback_from = self.written
         return count
+
+    def _write_direct(self, fd: int, chunk: memoryview) -> int:
+        done = 0
+        while done < len(chunk):
+            done += os.write(fd, chunk[done:])
+            if done % ALIGN:  # a short write (signal, nearly full volume) off the alignment
+                self._direct = not _set_direct(fd, False)
+        self.written += done
+        self._writeback_from = self.written
+        return done
 
     def finish(self) -> None:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import mmap
 import os
 import time
 from collections.abc import AsyncIterator
@@ -94,6 +95,26 @@ async def test_a_sink_written_finished_and_committed_is_content(store):
     assert await read_all(store, digest, 0, len(data)) == data
     assert await store.contents() == {digest}
     assert await store.clean_staging(0) == 0  # the sink's bytes moved into the store
+
+
+async def test_a_sink_takes_views_of_a_buffer_the_caller_reuses(store):
+    """The ingest hands each batch as a view of one of two page-aligned buffers, refilled once
+    write() returns (on a local volume, the whole-block views go with direct I/O, the short
+    tail buffered)."""
+    block = 1 << 16
+    data = opaque(3 * block + 1000)
+    buffer = memoryview(mmap.mmap(-1, block))
+    sink = await asyncio.to_thread(store.open_sink)
+    for start in range(0, len(data), block):
+        piece = data[start : start + block]
+        buffer[: len(piece)] = piece
+        assert await asyncio.to_thread(sink.write, [buffer[: len(piece)]]) == len(piece)
+        buffer[: len(piece)] = bytes(len(piece))  # the caller reuses its buffer at once
+    await asyncio.to_thread(sink.finish)
+    digest = sha256(data)
+    await store.commit(sink, digest)
+    assert await read_all(store, digest, 0, len(data)) == data
+    buffer.release()
 
 
 async def test_commit_is_idempotent_and_consumes_the_second_sink(store):
