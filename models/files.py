@@ -474,7 +474,7 @@ class Files:
             if total >= target:
                 break
         await cursor.close()
-        return Criteria(ids=chosen)
+        return replace(criteria, ids=chosen)  # with its contexts: those that name avatars bring them in
 
     async def matching(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> list[dict]:
         """What a delete would remove: just the fields the delete needs."""

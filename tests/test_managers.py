@@ -32,14 +32,14 @@ def files(ctx: Context) -> FileManager:
     return ctx.files
 
 
-async def put(files: FileManager, owner: str, data: bytes, name: str = "a.bin") -> dict:
+async def put(files: FileManager, owner: str, data: bytes, name: str = "a.bin", is_avatar: bool = False) -> dict:
     """An upload as a route makes it: admitted, fed, stored."""
     admission = await files.admit(owner, length=len(data))
     try:
         incoming = files.incoming(admission)
         incoming.feed(data)
         await incoming.pump()
-        return await files.store_upload(owner, incoming, UploadMeta(name=name))
+        return await files.store_upload(owner, incoming, UploadMeta(name=name, is_avatar=is_avatar))
     finally:
         admission.close()
 
@@ -284,6 +284,18 @@ async def test_prosody_share_refuses_denied_jids(parts):
     with pytest.raises(Forbidden):
         await share.admit("slot-0123456789", f"Bearer {token}", 1)
     assert await parts.db.users.find_one({"_id": "mallory@example.org"}) is None
+
+
+async def test_percent_of_avatars_selects_and_deletes_them_when_they_never_reach_it(files, parts):
+    """Regression: a selection that never reaches n % (avatars only, beside a larger file) is
+    read as ids; they lost the `contexts` that bring avatars in, so none were listed or deleted."""
+    await put(files, ALICE, opaque(1000), "big.bin")
+    await put(files, ALICE, opaque(10), "face.bin", is_avatar=True)
+    selected = await files.oldest(ALICE, 100, ["avatar"])
+    listed = await files.list(ALICE, selected, Page(), False)
+    assert [item["name"] for item in listed["items"]] == ["face.bin"]
+    assert (await files.delete_answer(ALICE, selected, False))["deleted"] == 1
+    assert (await files.quota(ALICE)).used == 1000
 
 
 async def test_percent_counts_the_files_not_pending_reservations(files, parts):
