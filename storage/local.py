@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import secrets
@@ -127,6 +128,8 @@ class FileSink:
                     return self._write_direct(fd, chunks[0])
             elif self._direct:
                 self._direct = not _set_direct(fd, False)
+            else:
+                self._direct = False  # the file's offset is no longer aligned: buffered from now on
             count = _write_all(fd, chunks)
         except OSError as exc:
             raise WriteFailed(exc.strerror) from exc
@@ -140,7 +143,17 @@ class FileSink:
     def _write_direct(self, fd: int, chunk: memoryview) -> int:
         done = 0
         while done < len(chunk):
-            done += os.write(fd, chunk[done:])
+            try:
+                done += os.write(fd, chunk[done:])
+            except OSError as exc:
+                # a filesystem that took the flag but not the write (a block size above ALIGN)
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._direct = not _set_direct(fd, False)
+                if self._direct:
+                    raise
+                done += _write_all(fd, [chunk[done:]])
+                break
             if done % ALIGN:  # a short write (signal, nearly full volume) off the alignment
                 self._direct = not _set_direct(fd, False)
         self.written += done

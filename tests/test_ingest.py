@@ -90,9 +90,21 @@ async def test_a_store_without_aligned_pieces_writes_buffered(store, tmp_path):
     sink = store.open_sink()
     data = opaque(3 * ALIGN)
     assert sink.write([data[:ALIGN], data[ALIGN:]]) == len(data)  # bytes: never direct
-    assert sink._direct is None
+    assert sink._direct is False
     sink.finish()
     assert sink.path.read_bytes() == data
+
+
+async def test_an_aligned_buffer_after_an_unaligned_write_is_written_buffered(store):
+    """Regression: a first write of bytes left direct I/O untried, so a later aligned buffer
+    switched it on at an unaligned file offset and the write failed (EINVAL: a 507)."""
+    sink = store.open_sink()
+    block = mmap.mmap(-1, 4 * ALIGN)
+    block.write(opaque(4 * ALIGN))
+    assert sink.write([b"abc"]) == 3
+    assert sink.write([memoryview(block)]) == 4 * ALIGN
+    sink.finish()
+    assert sink.path.read_bytes() == b"abc" + block[:]
 
 
 def test_aligned_is_a_page_aligned_writable_view_of_whole_blocks():
