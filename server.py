@@ -41,7 +41,7 @@ from services import evaluation
 from services.context import Context, Parts
 from services.expiry import ExpirySweeper
 from services.fsck import STALE_TEMP_SECONDS, fsck
-from services.presence import ALIVE_SECONDS, Presence, running
+from services.presence import ALIVE_SECONDS, FSCK, Busy, Presence
 from settings import HERE, Settings, SettingsError
 from storage import ContentStore
 from storage.backends import close_store, open_store
@@ -56,6 +56,10 @@ READ_CHUNK = 256 * 1024
 # Threads for blocking file work (hashing, writes, fsyncs, reads): asyncio's default of
 # cores + 4 (6 here) made 16 uploads in flight queue behind each other's fsyncs.
 IO_THREADS = 32
+
+
+class StartRefused(Exception):
+    """The service must not start now (said in one line, not as a traceback)."""
 
 
 class Service:
@@ -95,14 +99,20 @@ class Service:
         await self.db.ensure_indexes()
         self.store = store = open_store(s, uri)
         await asyncio.to_thread(store.prepare)
+        self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging))
+        presence = Presence(self.parts.servers)
+        try:
+            await presence.start()  # from now on fsck refuses to run
+        except Busy as exc:
+            raise StartRefused(
+                f"fsck is repairing this database ({', '.join(exc.args[0])}): start the service when it is done"
+            ) from None
+        self.presence = presence
         # Only staging files older than the stale age: another process (a worker beside this one,
         # a server on another port or host sharing the store) may have uploads in flight now.
         removed = await store.clean_staging(STALE_TEMP_SECONDS)
         if removed:
             log.info("removed %d stale temp files", removed)
-        self.parts = Parts(settings=s, db=self.db, store=store, imaging=PoolImaging(s.imaging))
-        self.presence = Presence(self.parts.servers)
-        await self.presence.start()  # from now on fsck refuses to run
         migrated = await self.parts.files.migrate(self.parts.file_ids)
         if migrated:
             log.info("gave %d files of an earlier version integer ids", migrated)
@@ -194,16 +204,21 @@ async def repair(settings: Settings) -> int:
         uri = await asyncio.to_thread(embedded.start)
     db = Database(uri, settings.mongodb.database)
     store = open_store(settings, uri)
+    presence: Presence | None = None
     try:
         parts = Parts(settings=settings, db=db, store=store)
-        busy = await running(parts.servers)
-        if busy:
+        announced = Presence(parts.servers, FSCK)
+        try:
+            await announced.start()  # from now on no server starts
+        except Busy as exc:
+            busy = exc.args[0]
             print(
                 f"gallery: {len(busy)} server processes are running against this database ({', '.join(busy)}): "
                 f"stop every one first (a process that died stops counting {ALIVE_SECONDS} s after)",
                 file=sys.stderr,
             )
             return 2
+        presence = announced
         await asyncio.to_thread(store.prepare)
         # every process is stopped: no upload is in flight, every staging file is left over
         report = await fsck(parts, temp_age=0)
@@ -212,6 +227,8 @@ async def repair(settings: Settings) -> int:
         print("store is consistent" if report.repaired else "store could NOT be fully repaired")
         return 0 if report.repaired else 1
     finally:
+        if presence is not None:
+            await presence.stop()
         close_store(store)
         await db.close()
         if embedded is not None:
@@ -235,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:  # which worker said it
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
         return Supervisor(settings).run()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartRefused as exc:
+        print(f"gallery: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
-"""servers: the server processes running against this database.
+"""servers: the processes at work on this database: servers, and fsck while it repairs.
 
-Each process keeps one document (`_id` its holder name, `host`, `pid`, `started_at`, `expires`)
+Each process keeps one document (`_id` its holder name, `role`, `host`, `pid`, `started_at`, `expires`)
 and pushes `expires` back every few seconds while it runs; it removes the document when it stops.
 A process that died stops counting at `expires` (the TTL index removes the document later).
 """
@@ -11,22 +11,26 @@ import datetime as dt
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+SERVER = "server"
+FSCK = "fsck"
+
 
 class Servers:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
-    async def announce(self, holder: str, host: str, pid: int, now: dt.datetime, expires: dt.datetime) -> None:
+    async def announce(self, holder: str, role: str, host: str, pid: int, now: dt.datetime, expires: dt.datetime) -> None:
         await self.c.update_one(
             {"_id": holder},
-            {"$set": {"host": host, "pid": pid, "expires": expires}, "$setOnInsert": {"started_at": now}},
+            {"$set": {"role": role, "host": host, "pid": pid, "expires": expires}, "$setOnInsert": {"started_at": now}},
             upsert=True,
         )
 
     async def leave(self, holder: str) -> None:
         await self.c.delete_one({"_id": holder})
 
-    async def alive(self, now: dt.datetime) -> list[dict]:
-        """The processes whose document has not expired: `host` and `pid` of each."""
-        cursor = self.c.find({"expires": {"$gt": now}}, {"host": 1, "pid": 1})
-        return await cursor.to_list(None)
+    async def alive(self, now: dt.datetime, role: str) -> list[dict]:
+        """The processes of `role` whose document has not expired: `host` and `pid` of each
+        (a range of the `expires` index: a handful of documents)."""
+        docs = await self.c.find({"expires": {"$gt": now}}, {"role": 1, "host": 1, "pid": 1}).to_list(None)
+        return [doc for doc in docs if doc.get("role") == role]

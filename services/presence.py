@@ -1,5 +1,11 @@
-"""A running server process says so in the database, so that maintenance that needs every
-process stopped (fsck) can refuse to run beside one."""
+"""Who works on this database: every running server process, and fsck while it repairs.
+
+Each keeps a document in `servers` up to date (models/servers.py). fsck needs every server
+stopped (it removes content no file references yet and every staging file), and a server must not
+start while fsck runs. Both sides announce themselves first and look for the other second, so of a
+server and an fsck starting at the same moment at least one sees the other and gives up (both may:
+then neither runs, which is safe).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import secrets
 import socket
 
 from models.db import utcnow
-from models.servers import Servers
+from models.servers import FSCK, SERVER, Servers
 
 log = logging.getLogger("gallery.presence")
 
@@ -20,19 +26,32 @@ RENEW_SECONDS = 10
 ALIVE_SECONDS = 30  # a process that stopped renewing (it died) counts this long
 
 
+class Busy(Exception):
+    """The other side is at work on this database."""
+
+
 class Presence:
-    def __init__(self, servers: Servers) -> None:
+    def __init__(self, servers: Servers, role: str = SERVER) -> None:
         self.servers = servers
+        self.role = role
         self.host = socket.gethostname()
         self.holder = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._task: asyncio.Task | None = None
 
     async def _announce(self) -> None:
         now = utcnow()
-        await self.servers.announce(self.holder, self.host, os.getpid(), now, now + dt.timedelta(seconds=ALIVE_SECONDS))
+        expires = now + dt.timedelta(seconds=ALIVE_SECONDS)
+        await self.servers.announce(self.holder, self.role, self.host, os.getpid(), now, expires)
 
     async def start(self) -> None:
+        """Announce this process, then make sure the other side is not at work: raises Busy
+        (naming them) after taking the announcement back."""
         await self._announce()
+        other = FSCK if self.role == SERVER else SERVER
+        busy = [f"{doc['host']}:{doc['pid']}" for doc in await self.servers.alive(utcnow(), other) if not _gone(doc)]
+        if busy:
+            await self.stop()
+            raise Busy(busy)
         self._task = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:
@@ -41,7 +60,7 @@ class Presence:
             try:
                 await self._announce()
             except Exception as exc:  # the database is away: try again next time
-                log.warning("could not renew this server's presence: %s", exc)
+                log.warning("could not renew this process's presence: %s", exc)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -63,8 +82,3 @@ def _gone(doc: dict) -> bool:
     except OSError:  # it exists (another user's)
         return False
     return False
-
-
-async def running(servers: Servers) -> list[str]:
-    """The server processes running against this database now, as `host:pid`."""
-    return [f"{doc['host']}:{doc['pid']}" for doc in await servers.alive(utcnow()) if not _gone(doc)]

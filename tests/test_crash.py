@@ -170,3 +170,26 @@ async def test_fsck_refuses_to_run_beside_a_running_server(settings, tmp_path):
         subprocess.run, [sys.executable, str(ROOT / "server.py"), "fsck"], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "store is consistent" in result.stdout, result.stderr
+
+
+async def test_a_server_does_not_start_while_fsck_repairs(settings, parts):
+    """fsck announces itself before it looks for servers, and a server announces itself before
+    it looks for fsck: one started while fsck runs refuses, in one line, and leaves nothing."""
+    from services.presence import FSCK, Presence
+
+    repairing = Presence(parts.servers, FSCK)
+    await repairing.start()
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(ROOT / "server.py")],
+            env=server_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1
+        assert "fsck is repairing this database" in result.stderr and "Traceback" not in result.stderr
+        assert [doc["role"] for doc in await parts.db.servers.find().to_list()] == [FSCK]
+    finally:
+        await repairing.stop()
