@@ -41,7 +41,7 @@ from services import evaluation
 from services.context import Context, Parts
 from services.expiry import ExpirySweeper
 from services.fsck import STALE_TEMP_SECONDS, fsck
-from services.presence import ALIVE_SECONDS, FSCK, Busy, Presence
+from services.presence import ALIVE_SECONDS, FSCK, Busy, Presence, exclusively
 from settings import HERE, Settings, SettingsError
 from storage import ContentStore
 from storage.backends import close_store, open_store
@@ -113,7 +113,9 @@ class Service:
         removed = await store.clean_staging(STALE_TEMP_SECONDS)
         if removed:
             log.info("removed %d stale temp files", removed)
-        migrated = await self.parts.files.migrate(self.parts.file_ids)
+        # one process of the deployment at a time; the others wait before they serve
+        parts = self.parts
+        migrated = await exclusively(parts.servers, "migrate", presence.holder, lambda: parts.files.migrate(parts.file_ids))
         if migrated:
             log.info("gave %d files of an earlier version integer ids", migrated)
 

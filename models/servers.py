@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 SERVER = "server"
 FSCK = "fsck"
+LOCK = "lock"  # `_id` "lock:<name>": one process of the deployment at a time does <name>
 
 
 class Servers:
@@ -34,3 +36,19 @@ class Servers:
         (a range of the `expires` index: a handful of documents)."""
         docs = await self.c.find({"expires": {"$gt": now}}, {"role": 1, "host": 1, "pid": 1}).to_list(None)
         return [doc for doc in docs if doc.get("role") == role]
+
+    async def take_lock(self, name: str, holder: str, now: dt.datetime, expires: dt.datetime) -> bool:
+        """The lock `name` for `holder`, unless another holds it; one whose holder stopped
+        renewing it (it died) is removed, for the next try to take."""
+        try:
+            await self.c.insert_one({"_id": f"lock:{name}", "role": LOCK, "holder": holder, "expires": expires})
+            return True
+        except DuplicateKeyError:
+            await self.c.delete_one({"_id": f"lock:{name}", "expires": {"$lte": now}})
+            return False
+
+    async def renew_lock(self, name: str, holder: str, expires: dt.datetime) -> None:
+        await self.c.update_one({"_id": f"lock:{name}", "holder": holder}, {"$set": {"expires": expires}})
+
+    async def drop_lock(self, name: str, holder: str) -> None:
+        await self.c.delete_one({"_id": f"lock:{name}", "holder": holder})

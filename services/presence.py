@@ -16,6 +16,8 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from models.db import utcnow
 from models.servers import FSCK, SERVER, Servers
@@ -24,6 +26,9 @@ log = logging.getLogger("gallery.presence")
 
 RENEW_SECONDS = 10
 ALIVE_SECONDS = 30  # a process that stopped renewing (it died) counts this long
+LOCK_WAIT = 0.2  # seconds between looks at a lock another process holds
+
+T = TypeVar("T")
 
 
 class Busy(Exception):
@@ -82,3 +87,25 @@ def _gone(doc: dict) -> bool:
     except OSError:  # it exists (another user's)
         return False
     return False
+
+
+async def exclusively(servers: Servers, name: str, holder: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` holding the deployment-wide lock `name`: one process at a time (the others
+    wait for it), such as the start-up migration, which recounts every counter and must not run
+    while another process of the deployment already serves uploads."""
+    while not await servers.take_lock(name, holder, utcnow(), utcnow() + dt.timedelta(seconds=ALIVE_SECONDS)):  # noqa: ASYNC110 - another process holds it
+        await asyncio.sleep(LOCK_WAIT)
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            with contextlib.suppress(Exception):
+                await servers.renew_lock(name, holder, utcnow() + dt.timedelta(seconds=ALIVE_SECONDS))
+
+    renewer = asyncio.ensure_future(renew())
+    try:
+        return await work()
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(Exception):
+            await servers.drop_lock(name, holder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -193,3 +194,28 @@ async def test_a_server_does_not_start_while_fsck_repairs(settings, parts):
         assert [doc["role"] for doc in await parts.db.servers.find().to_list()] == [FSCK]
     finally:
         await repairing.stop()
+
+
+async def test_start_up_migrations_of_several_processes_run_one_at_a_time(parts):
+    """Regression: every worker ran the start-up migration (a recount of every counter) at once,
+    and one that finished first served uploads whose counter updates a slower recount then
+    overwrote. The migration now holds a deployment-wide lock; a dead holder's lock expires."""
+    from services.presence import exclusively
+
+    events: list[tuple[str, str]] = []
+
+    async def work(tag: str) -> str:
+        events.append(("start", tag))
+        await asyncio.sleep(0.3)
+        events.append(("end", tag))
+        return tag
+
+    done = await asyncio.gather(*(exclusively(parts.servers, "migrate", tag, lambda tag=tag: work(tag)) for tag in "abc"))
+    assert done == ["a", "b", "c"]
+    for i in range(0, 6, 2):  # each one's end comes before the next one's start
+        assert events[i][0] == "start" and events[i + 1] == ("end", events[i][1])
+    assert await parts.db.servers.count_documents({}) == 0
+    # a lock whose holder died (expired) is taken over
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    await parts.db.servers.insert_one({"_id": "lock:migrate", "role": "lock", "holder": "dead", "expires": past})
+    assert await asyncio.wait_for(exclusively(parts.servers, "migrate", "d", lambda: work("d")), 10) == "d"
