@@ -129,6 +129,10 @@ class StreamedUpload(BaseHandler):
         super().write_error(status_code, **kwargs)
 
     def on_connection_close(self) -> None:
+        if self.received and not self._finished:
+            # the whole body is in and being committed: the upload keeps its place (its lease)
+            # until the method has answered, when Tornado calls on_finish
+            return
         self.on_finish()
 
     def on_finish(self) -> None:

@@ -19,7 +19,6 @@ from services.slots import Slot
 class SlotUploadHandler(StreamedUpload):
     slot: Slot | None = None
     stored = False  # the file exists: the slot is used, not failed
-    committing = False  # the whole body arrived and is being stored: put() says how the slot ends
     ended = False
 
     def log_line(self) -> str:
@@ -73,17 +72,14 @@ class SlotUploadHandler(StreamedUpload):
             expires_before=slot.expires_before,
         )
         files = self.ctx.files
-        self.committing = True  # a client gone from now on does not end the slot: the file may be stored
-        try:
-            doc = await files.store_upload(slot.owner, incoming, meta)
-        finally:
-            self.committing = False
+        doc = await files.store_upload(slot.owner, incoming, meta)
         self.stored = True
         await self.ctx.slots.finish(slot)
         self.reply(files.render(doc, await files.quota(slot.owner)), 201)
 
     def on_finish(self) -> None:
         super().on_finish()
-        if self.slot is not None and not self.stored and not self.committing and not self.ended:
+        # a client gone after its whole body arrived: on_finish waits for put()'s answer (handlers/files.py)
+        if self.slot is not None and not self.stored and not self.ended:
             self.ended = True
             self.ctx.slots.fail_soon(self.slot)

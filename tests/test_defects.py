@@ -108,3 +108,43 @@ async def test_dates_past_the_calendar_once_in_utc_are_a_400(client, alice):
         # the calendar's own ends are dates like any other
         for name, value in (("date_lte", "9999-12-31"), ("date_gte", "0001-01-01"), ("date_lte", "9999-12-31T23:59:59")):
             assert (await client.get(path, headers=alice, params={name: value})).status_code == 200
+
+
+async def test_an_upload_whose_client_left_holds_its_place_until_it_is_committed(make_service):
+    """Regression: a client gone after its whole body arrived gave its upload's lease back at
+    once, while the file was still being committed (thumbnails): the owner's next upload was
+    admitted past `limits.concurrent_uploads_per_user`, and a shutdown's drain did not wait."""
+    import asyncio
+    import io
+    import socket
+    from urllib.parse import urlsplit
+
+    import httpx
+    from PIL import Image
+
+    from tests.helpers import opaque
+
+    service = await make_service(limits={"concurrent_uploads_per_user": 1})
+    headers = await login(service, "leaver@example.org")
+    picture = io.BytesIO()
+    Image.frombytes("RGB", (3000, 3000), opaque(3000 * 3000 * 3)).save(picture, "PNG", compress_level=0)
+    form, body = multipart([("file", "noise.png", picture.getvalue())])
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, **form, "Content-Length": str(len(body))}.items())
+    parts = urlsplit(service.url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    request = f"POST /api/v1/files/upload/ HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n".encode() + body
+    await asyncio.to_thread(sock.sendall, request)
+    sock.close()  # at once: the answer comes after the thumbnails
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        second = await client.post("/api/v1/files/upload/", headers=headers, files={"file": ("b.bin", b"x" * 10)})
+        assert_error(second, 429)  # the first one is still being committed
+        for _ in range(300):
+            listed = (await client.get("/api/v1/files/", headers=headers)).json()
+            if listed["total_objects"]:
+                break
+            await asyncio.sleep(0.05)
+        assert [item["name"] for item in listed["items"]] == ["noise.png"]
+        await asyncio.sleep(0.3)  # its lease is given back after the answer
+        third = await client.post("/api/v1/files/upload/", headers=headers, files={"file": ("c.bin", b"x" * 10)})
+        assert third.status_code == 201, third.text
