@@ -1,7 +1,8 @@
 """servers: the processes at work on this database: servers, and fsck while it repairs.
 
-Each process keeps one document (`_id` its holder name, `role`, `host`, `pid`, `started_at`, `expires`)
-and pushes `expires` back every few seconds while it runs; it removes the document when it stops.
+Each process keeps one document (`_id` its holder name, `role`, `host`, `pid`, `pid_space` (its
+PID namespace), `started_at`, `expires`) and pushes `expires` back every few seconds while it
+runs; it removes the document when it stops.
 A process that died stops counting at `expires` (the TTL index removes the document later).
 """
 
@@ -21,10 +22,13 @@ class Servers:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
 
-    async def announce(self, holder: str, role: str, host: str, pid: int, now: dt.datetime, expires: dt.datetime) -> None:
+    async def announce(
+        self, holder: str, role: str, host: str, pid: int, pid_space: int | None, now: dt.datetime, expires: dt.datetime
+    ) -> None:
+        fields = {"role": role, "host": host, "pid": pid, "pid_space": pid_space, "expires": expires}
         await self.c.update_one(
             {"_id": holder},
-            {"$set": {"role": role, "host": host, "pid": pid, "expires": expires}, "$setOnInsert": {"started_at": now}},
+            {"$set": fields, "$setOnInsert": {"started_at": now}},
             upsert=True,
         )
 
@@ -34,7 +38,7 @@ class Servers:
     async def alive(self, now: dt.datetime, role: str) -> list[dict]:
         """The processes of `role` whose document has not expired: `host` and `pid` of each
         (a range of the `expires` index: a handful of documents)."""
-        docs = await self.c.find({"expires": {"$gt": now}}, {"role": 1, "host": 1, "pid": 1}).to_list(None)
+        docs = await self.c.find({"expires": {"$gt": now}}, {"role": 1, "host": 1, "pid": 1, "pid_space": 1}).to_list(None)
         return [doc for doc in docs if doc.get("role") == role]
 
     async def take_lock(self, name: str, holder: str, now: dt.datetime, expires: dt.datetime) -> bool:

@@ -46,7 +46,7 @@ class Presence:
     async def _announce(self) -> None:
         now = utcnow()
         expires = now + dt.timedelta(seconds=ALIVE_SECONDS)
-        await self.servers.announce(self.holder, self.role, self.host, os.getpid(), now, expires)
+        await self.servers.announce(self.holder, self.role, self.host, os.getpid(), _pid_space(), now, expires)
 
     async def start(self) -> None:
         """Announce this process, then make sure the other side is not at work: raises Busy
@@ -76,9 +76,18 @@ class Presence:
             await self.servers.leave(self.holder)
 
 
+def _pid_space() -> int | None:
+    """This process's PID namespace (containers with the host's name have their own)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def _gone(doc: dict) -> bool:
-    """A process of this host that no longer exists (killed: its document has not expired yet)."""
-    if doc.get("host") != socket.gethostname():
+    """A process of this host and PID namespace that no longer exists (killed: its document has
+    not expired yet)."""
+    if doc.get("host") != socket.gethostname() or doc.get("pid_space") != _pid_space():
         return False
     try:
         os.kill(doc["pid"], 0)
