@@ -7,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from bench.common import MB
+from bench.common import MB, BenchError
 from bench.httpclient import FilePart
 
 
@@ -43,3 +43,13 @@ def digests_of(parts: list[bytes | FilePart]) -> tuple[str, str]:
         md5.update(data)
         sha256.update(data)
     return md5.hexdigest(), sha256.hexdigest()
+
+
+def check_stored(body: dict, size: int, parts: list[bytes | FilePart], verify: bool) -> dict:
+    """The service's answer to an upload of `parts`, checked: all `size` bytes, and (with
+    `verify`) the digests the client computes."""
+    if body["size"] != size:
+        raise BenchError(f"the service stored {body['size']} bytes of {size}")
+    if verify and (body["hash"], body["sha256"]) != digests_of(parts):
+        raise BenchError("the service's md5/sha256 differ from the client's")
+    return body

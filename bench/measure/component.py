@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from bench import own, procstat
 from bench.client import CommandCount, expect, get_once, run_pool
 from bench.common import MB, REQUEST_TIMEOUT, BenchError, progress
-from bench.fixtures import close_parts, digests_of, unique_content
+from bench.fixtures import check_stored, close_parts, unique_content
 from bench.httpclient import Body, Connection, Response
 from bench.rows import Figures, Row, commands, db_note
 from bench.session import Session
@@ -253,11 +253,7 @@ async def large_put(session: Session, users: Users, number: int, verify: bool) -
                 started = time.perf_counter()
                 response = await put(conn, slot, parts)
                 seconds = time.perf_counter() - started
-        body = expect(response, 201, f"{size} bytes PUT through the component")
-        if body["size"] != size:
-            raise BenchError(f"the service stored {body['size']} bytes of {size}")
-        if verify and (body["hash"], body["sha256"]) != digests_of(parts):
-            raise BenchError("the service's md5/sha256 differ from the client's")
+        check_stored(expect(response, 201, f"{size} bytes PUT through the component"), size, parts, verify)
     finally:
         conn.close()
         close_parts(parts)

@@ -6,8 +6,8 @@ import time
 
 from bench import machine
 from bench.client import CommandCount, expect, upload_once
-from bench.common import MB, BenchError, progress
-from bench.fixtures import close_parts, digests_of, unique_content
+from bench.common import MB, progress
+from bench.fixtures import check_stored, close_parts, unique_content
 from bench.profiler import Profiler
 from bench.rows import Figures, Row, commands
 from bench.session import Session, User
@@ -26,11 +26,7 @@ async def one_upload(session: Session, user: User, size: int, verify: bool) -> t
                 started = time.perf_counter()
                 response = await upload_once(session, user, parts, size, f"large-{size // MB}MB.bin")
                 seconds = time.perf_counter() - started
-        body = expect(response, 201, f"upload of {size} bytes")
-        if body["size"] != size:
-            raise BenchError(f"the service stored {body['size']} bytes of {size}")
-        if verify and (body["hash"], body["sha256"]) != digests_of(parts):
-            raise BenchError("the service's md5/sha256 differ from the client's")
+        body = check_stored(expect(response, 201, f"upload of {size} bytes"), size, parts, verify)
     finally:
         close_parts(parts)
     gb = size / 1e9
