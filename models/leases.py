@@ -18,12 +18,15 @@ from collections.abc import Collection
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from models.groups import Groups
+
 USER = "user"  # (an earlier version also kept "all" leases: one per upload, beside its slot)
 
 
 class Leases:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
+        self._counts: Groups[dt.datetime, int] = Groups(self._count_group)
 
     async def take_slot(
         self, owner: str, slots: int, holder: str, now: dt.datetime, expires: dt.datetime, mine: Collection[str] = ()
@@ -50,8 +53,14 @@ class Leases:
 
     async def count(self, now: dt.datetime) -> int:
         """Unexpired slots of every owner: the uploads in flight in the whole deployment (a range
-        read of the (scope, expires) index)."""
-        return await self.c.count_documents({"scope": USER, "expires": {"$gt": now}})
+        read of the (scope, expires) index). Group commit (models/groups.py): the counts asked
+        for while one is under way share the next; a count that begins after a caller's slot was
+        inserted is as good for it as its own (services/admission.py)."""
+        return await self._counts.submit(now)
+
+    async def _count_group(self, moments: list[dt.datetime]) -> list[int]:
+        found = await self.c.count_documents({"scope": USER, "expires": {"$gt": max(moments)}})
+        return [found] * len(moments)
 
     async def drop(self, lease: str, holder: str) -> None:
         await self.c.delete_one({"_id": lease, "holder": holder})

@@ -12,7 +12,8 @@ set of admitted uploads in flight at one moment, the one whose slot was inserted
 after every other slot of the set had been inserted and before any of them was given back, so it
 was refused if they were more than the limit; the global limit is never overrun (in a burst past
 the limit, racing uploads may all be refused: 503 with Retry-After, as for any overload). An upload
-costs three lease commands: the slot's insert, the count, the slot's delete.
+costs three lease commands: the slot's insert, the count (one for the uploads entering together:
+a count that began after a slot was inserted is as good for it as its own), the slot's delete.
 """
 
 from __future__ import annotations

@@ -126,6 +126,21 @@ async def test_an_upload_holds_one_lease_document_and_costs_three_commands(db):
     assert await db.leases.count_documents({}) == 0
 
 
+async def test_uploads_entering_together_share_the_global_count(db):
+    """The counts of uploads entering at once go as one (group commit): fewer counts than
+    uploads, and the limit still holds (each count began after its upload's slot was in)."""
+    sent: list[str] = []
+    db.commands.count = sent.append
+    gate = UploadGate(Leases(db.leases), 4, 6)
+    results = await asyncio.gather(*(gate.enter(f"u{i}@example.org") for i in range(12)), return_exceptions=True)
+    db.commands.count = lambda name: None
+    admitted = [r for r in results if r is None]
+    assert len(admitted) <= 6 and all(isinstance(r, Unavailable) for r in results if r is not None)
+    assert sent.count("insert") == 12 and sent.count("aggregate") < 12
+    await gate.close()
+    assert await db.leases.count_documents({}) == 0
+
+
 async def test_a_process_never_tries_the_slots_it_holds(db):
     """An owner's uploads in flight in one process: the next one goes straight to a free slot
     (one insert and the count), whichever slot the random start names."""
