@@ -127,7 +127,7 @@ async def test_an_upload_whose_client_left_holds_its_place_until_it_is_committed
     service = await make_service(limits={"concurrent_uploads_per_user": 1})
     headers = await login(service, "leaver@example.org")
     picture = io.BytesIO()
-    Image.frombytes("RGB", (3000, 3000), opaque(3000 * 3000 * 3)).save(picture, "PNG", compress_level=0)
+    Image.frombytes("RGB", (4000, 4000), opaque(4000 * 4000 * 3)).save(picture, "PNG", compress_level=0)
     form, body = multipart([("file", "noise.png", picture.getvalue())])
     head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, **form, "Content-Length": str(len(body))}.items())
     parts = urlsplit(service.url)
@@ -135,7 +135,11 @@ async def test_an_upload_whose_client_left_holds_its_place_until_it_is_committed
     request = f"POST /api/v1/files/upload/ HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n".encode() + body
     await asyncio.to_thread(sock.sendall, request)
     sock.close()  # at once: the answer comes after the thumbnails
-    await asyncio.sleep(0.3)
+    owner = "leaver@example.org"
+    for _ in range(500):  # the file is charged at the start of its commit, before its thumbnails
+        if (await service.parts.users.quota(owner)).used:
+            break
+        await asyncio.sleep(0.01)
     async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
         second = await client.post("/api/v1/files/upload/", headers=headers, files={"file": ("b.bin", b"x" * 10)})
         assert_error(second, 429)  # the first one is still being committed
