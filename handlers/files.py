@@ -11,7 +11,7 @@ from tornado.web import stream_request_body
 
 from handlers.base import BaseHandler
 from handlers.multipart import FieldTarget, MultipartUpload
-from services.errors import InsufficientStorage, Invalid, QuotaExceeded, ServiceError, Unsupported, WriteFailed
+from services.errors import InsufficientStorage, Invalid, QuotaExceeded, ServiceError, TooLarge, Unsupported, WriteFailed
 from services.files import Admission, Incoming, Overflow, UploadMeta
 from services.metrics import Metrics
 from services.params import Criteria, parse_bool, parse_int
@@ -33,6 +33,7 @@ class StreamedUpload(BaseHandler):
 
     admission: Admission | None = None
     incoming: Incoming | None = None
+    slot_size: int | None = None  # an upload into a slot of this exact size (open_slot)
     failure: ServiceError | None = None
     drained = 0
     received = False  # the whole body has arrived; the upload's bytes are post()'s to commit
@@ -104,6 +105,29 @@ class StreamedUpload(BaseHandler):
         """Answer at once; Tornado then closes the connection instead of reading the rest."""
         assert self.failure is not None
         self.send_error(self.failure.status, exc_info=(type(self.failure), self.failure, None))
+
+    def open_slot(self, admission: Admission, size: int) -> None:
+        """The upload is into a slot of exactly `size` bytes (XEP-0363's, Prosody's share): a
+        longer body is refused as it arrives (`feed_slot`), another length at its end
+        (`received_slot_body`), with 413."""
+        self.admission = admission
+        self.slot_size = size
+        self.request.connection.set_max_body_size(self.body_limit(size + 1))
+        self.incoming = self.ctx.files.incoming(admission)
+
+    def feed_slot(self, chunk: bytes) -> None:
+        assert self.incoming is not None and self.slot_size is not None
+        if self.incoming.size + len(chunk) > self.slot_size:
+            raise TooLarge(message=f"more than the slot's {self.slot_size} bytes")
+        self.incoming.feed(chunk)
+
+    async def received_slot_body(self) -> Incoming | None:
+        """received_body(), refused unless it is the slot's size (a chunked body may be shorter)."""
+        incoming = await self.received_body()
+        if incoming is not None and incoming.size != self.slot_size:
+            await incoming.discard()
+            raise TooLarge(message=f"received {incoming.size} bytes, the slot is for {self.slot_size}")
+        return incoming
 
     async def received_body(self) -> Incoming | None:
         """Call first in the method that answers: the upload's bytes, or None when the request

@@ -15,8 +15,8 @@ from typing import Any
 from handlers.base import BaseHandler
 from handlers.files import StreamedUpload
 from handlers.media import MediaHandler
-from services.errors import Invalid, TooLarge
-from services.files import Overflow, UploadMeta
+from services.errors import Invalid
+from services.files import UploadMeta
 from services.metrics import Metrics
 from services.prosody_share import ShareGrant
 from settings import Settings
@@ -55,26 +55,18 @@ class ShareHandler(StreamedUpload, MediaHandler):
             return
         slot = self.path_args[0]
         auth = self.request.headers.get("Authorization")
-        self.grant, self.admission = await self.ctx.prosody_share.admit(slot, auth, self.content_length())
-        self.request.connection.set_max_body_size(self.body_limit(self.grant.size + 1))
-        self.incoming = self.ctx.files.incoming(self.admission)
+        self.grant, admission = await self.ctx.prosody_share.admit(slot, auth, self.content_length())
+        self.open_slot(admission, self.grant.size)
 
     def feed(self, chunk: bytes) -> None:
-        assert self.incoming is not None and self.grant is not None
-        try:
-            self.incoming.feed(chunk)
-        except Overflow:
-            raise TooLarge(message=f"more than the slot's {self.grant.size} bytes") from None
+        self.feed_slot(chunk)
 
     async def put(self, slot: str, name: str) -> None:
-        incoming = await self.received_body()
+        incoming = await self.received_slot_body()  # another length: Prosody says 413 too
         if incoming is None:
             return
         grant = self.grant
         assert grant is not None
-        if incoming.size != grant.size:  # a chunked body of another length: Prosody says 413 too
-            await incoming.discard()
-            raise TooLarge(message=f"received {incoming.size} bytes, the slot is for {grant.size}")
         meta = UploadMeta(
             name=grant.filename,
             declared_type=grant.content_type,

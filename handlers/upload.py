@@ -11,7 +11,6 @@ shorter than the slot's size) spends its slot, drops its bytes and charges nothi
 from __future__ import annotations
 
 from handlers.files import StreamedUpload
-from services.errors import TooLarge
 from services.files import UploadMeta
 from services.slots import Slot
 
@@ -41,29 +40,22 @@ class SlotUploadHandler(StreamedUpload):
         slot = await slots.claim(slot_id, name, headers.get("Authorization"), length, headers.get("Content-Type"))
         try:
             # the slot request already counted against the upload rate limit
-            self.admission = await self.ctx.files.admit(slot.owner, length=length, declared=slot.size, count=False)
+            admission = await self.ctx.files.admit(slot.owner, length=length, declared=slot.size, count=False)
         except BaseException:
             await slots.unclaim(slot)  # refused before the body (busy, quota lowered): the slot stays
             raise
         self.slot = slot
-        self.request.connection.set_max_body_size(self.body_limit(slot.size + 1))
-        self.incoming = self.ctx.files.incoming(self.admission)
+        self.open_slot(admission, slot.size)
 
     def feed(self, chunk: bytes) -> None:
-        assert self.incoming is not None and self.slot is not None
-        if self.incoming.size + len(chunk) > self.slot.size:
-            raise TooLarge(message=f"more than the slot's {self.slot.size} bytes")
-        self.incoming.feed(chunk)
+        self.feed_slot(chunk)
 
     async def put(self, slot_id: str, name: str) -> None:
-        incoming = await self.received_body()
+        incoming = await self.received_slot_body()
         if incoming is None:
             return
         slot = self.slot
         assert slot is not None
-        if incoming.size != slot.size:
-            await incoming.discard()
-            raise TooLarge(message=f"received {incoming.size} bytes, the slot is for {slot.size}")
         meta = UploadMeta(
             name=slot.name,
             declared_type=slot.content_type,
