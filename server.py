@@ -209,9 +209,9 @@ async def repair(settings: Settings) -> int:
     presence: Presence | None = None
     try:
         parts = Parts(settings=settings, db=db, store=store)
-        announced = Presence(parts.servers, FSCK)
+        presence = Presence(parts.servers, FSCK)  # stopping it again after a refusal does nothing
         try:
-            await announced.start()  # from now on no server starts
+            await presence.start()  # from now on no server starts
         except Busy as exc:
             busy = exc.args[0]
             print(
@@ -220,7 +220,6 @@ async def repair(settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        presence = announced
         await asyncio.to_thread(store.prepare)
         # every process is stopped: no upload is in flight, every staging file is left over
         report = await fsck(parts, temp_age=0)
