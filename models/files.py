@@ -440,8 +440,8 @@ class Files:
                 if reached is None or reached.level not in "md":
                     break
                 segments = await self._finer(owner, segments, {reached.start}, match, known)
-            if reached is None:  # by the counters, all of the selection does not reach it
-                return await self._oldest_ids(owner, criteria, is_avatar, target)
+            if reached is None:  # by the counters, all of the selection does not reach it: all of it
+                return criteria
             low, high, before = reached.start, reached.end, used
         q = query(owner, criteria, is_avatar)
         within = q.setdefault("created_at", {})
