@@ -54,6 +54,9 @@ class SlotTaken(Exception):
     """A file with this slot_id exists already."""
 
 
+FIRST_DATE = dt.datetime.min.replace(tzinfo=dt.UTC)  # the lower end of a range of dates: after null
+
+
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
@@ -226,9 +229,13 @@ class Files:
 
     async def expired(self, now: dt.datetime, limit: int) -> list[dict]:
         """Up to `limit` files whose `expires_at` has come, the longest expired first, with the
-        fields a delete needs (the sweeper). It rides the `expires_at` index: files that never
-        expire hold null there, which `$lte` never matches."""
-        cursor = self.c.find({"expires_at": {"$lte": now}}, {"owner": 1, "sha256": 1, "size": 1, "expires_at": 1})
+        fields a delete needs (the sweeper). It rides the `expires_at` index, as a range of dates:
+        files that never expire hold null there, which sorts before every date, so a range with
+        only its upper end starts at the index's first entry (SecantusDB then reads and decodes
+        every file that never expires, each sweep; a real MongoDB bounds `$lte` by type itself)."""
+        cursor = self.c.find(
+            {"expires_at": {"$gte": FIRST_DATE, "$lte": now}}, {"owner": 1, "sha256": 1, "size": 1, "expires_at": 1}
+        )
         return await cursor.sort("expires_at", ASCENDING).limit(limit).to_list()
 
     async def expiring(self, owner: str, after: dt.datetime, limit: int) -> list[dict]:

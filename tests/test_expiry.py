@@ -9,9 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 
 import settings as settings_module
 from models.db import Database
+from models.files import Files
 from server import Service
 from services.context import Context, Parts
 from services.expiry import ExpirySweeper
@@ -269,3 +271,46 @@ async def test_room_at_says_when_expiring_files_and_pending_reservations_free_en
     # a moment already past (a slot not swept yet) is now, never the past
     room = await files.room_at(jid, 3000, [(soon - dt.timedelta(hours=1), 2000)])
     assert room is not None and dt.timedelta(0) <= room - before <= dt.timedelta(seconds=30)
+
+
+class _Finds(monitoring.CommandListener):
+    """The filters of the `find` commands a client sends."""
+
+    def __init__(self) -> None:
+        self.filters: list[dict] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.filters.append(event.command["filter"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_the_sweepers_read_is_a_range_of_dates_not_every_file_that_never_expires(settings):
+    """Regression: the sweeper asked for `expires_at <= now` alone. Files that never expire hold
+    null there, which sorts before every date, so the index range began at the index's first
+    entry: SecantusDB read and decoded every such file on each sweep (2.5 s at 100 000 files,
+    a stall of every request every `sweep_interval`). The range now starts at the first date,
+    and still finds a file that expired long ago."""
+    finds = _Finds()
+    client = AsyncMongoClient(settings.mongodb.uri, tz_aware=True, event_listeners=[finds])
+    try:
+        files = Files(client[settings.mongodb.database].files)
+        await files.c.create_index("expires_at")
+
+        def doc(file_id: int, expires_at: dt.datetime | None) -> dict:
+            return {"_id": file_id, "owner": "a@example.org", "size": 1, "sha256": f"{file_id:064x}", "expires_at": expires_at}
+
+        never = [doc(i, None) for i in range(5)]
+        old, due = doc(99, dt.datetime(1900, 1, 1, tzinfo=dt.UTC)), doc(98, NOW - dt.timedelta(seconds=1))
+        later = doc(97, NOW + dt.timedelta(days=1))
+        await files.c.insert_many([*never, old, due, later])
+        assert [doc["_id"] for doc in await files.expired(NOW, 10)] == [99, 98]
+        (bounds,) = [f["expires_at"] for f in finds.filters if "expires_at" in f]
+        assert "$lte" in bounds and isinstance(bounds.get("$gte", bounds.get("$gt")), dt.datetime)
+    finally:
+        await client.close()
