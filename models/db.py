@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
+
+log = logging.getLogger("gallery.db")
 
 
 def utcnow() -> dt.datetime:
@@ -16,41 +19,51 @@ def utcnow() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+# Every index costs every write of its collection (a real MongoDB updates each one; SecantusDB
+# also reads and decodes every index's metadata per write, docs/performance.md "What an index
+# costs"), so a collection written on an upload, a slot, a component PUT or a login keeps only
+# the indexes some query of the service needs; why each stays: docs/performance.md.
 INDEXES: dict[str, list[IndexModel]] = {
-    "users": [IndexModel([("created_at", ASCENDING)])],
+    "users": [],  # every read and write is by _id (the admin listing pages by _id too)
     "tokens": [
-        IndexModel([("hash", ASCENDING)], unique=True),
-        IndexModel([("owner", ASCENDING)]),
+        IndexModel([("hash", ASCENDING)], unique=True),  # every authenticated request
+        IndexModel([("owner", ASCENDING)]),  # an owner's tokens: list, revoke all
         IndexModel([("expires", ASCENDING)], expireAfterSeconds=0),
     ],
     "codes": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
     "files": [
-        IndexModel([("slot_id", ASCENDING)], unique=True),
+        IndexModel([("slot_id", ASCENDING)], unique=True),  # downloads
         IndexModel([("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]),
-        IndexModel([("owner", ASCENDING), ("created_at", DESCENDING)]),
-        IndexModel([("owner", ASCENDING), ("media_type", ASCENDING)]),
-        IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),
-        IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
+        IndexModel([("owner", ASCENDING), ("created_at", DESCENDING)]),  # avatars and files together
+        IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),  # slot dedup, by the digest
+        IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),  # the client names
         IndexModel([("owner", ASCENDING), ("sha1", ASCENDING)]),
-        IndexModel([("sha256", ASCENDING)]),
         IndexModel([("expires_at", ASCENDING)]),  # the expiry sweeper's query
         IndexModel([("owner", ASCENDING), ("expires_at", ASCENDING)]),  # when an owner's files free room
     ],
-    "file_counts": [IndexModel([("owner", ASCENDING), ("span", ASCENDING), ("key", ASCENDING)])],
-    "blobs": [IndexModel([("refs", ASCENDING)])],
+    "file_counts": [],  # by _id: "owner", "owner/YYYY-MM", "owner/YYYY-MM-DD" (models/counters.py)
+    "blobs": [],  # by _id (the sha256)
     "ratelimits": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
     "slots": [
-        IndexModel([("state", ASCENDING), ("expires", ASCENDING)]),
-        IndexModel([("owner", ASCENDING), ("state", ASCENDING)]),
+        IndexModel([("state", ASCENDING), ("expires", ASCENDING)]),  # the sweeper of unused slots
+        IndexModel([("owner", ASCENDING), ("state", ASCENDING)]),  # an owner's issued slots
         IndexModel([("purge_at", ASCENDING)], expireAfterSeconds=0),
     ],
     "servers": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
-    "leases": [
-        IndexModel([("expires", ASCENDING)], expireAfterSeconds=0),
-        IndexModel([("scope", ASCENDING), ("expires", ASCENDING)]),
-        IndexModel([("holder", ASCENDING)]),
-    ],
+    # the uploads in flight: the count is a range of this TTL index (models/leases.py)
+    "leases": [IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)],
 }
+
+# Indexes an earlier version created that no query needs any more: dropped at start-up (by key,
+# whatever their name; a missing one is no error), so their cost goes with them.
+OBSOLETE: dict[str, list[list[tuple[str, int]]]] = {
+    "users": [[("created_at", ASCENDING)]],
+    "files": [[("owner", ASCENDING), ("media_type", ASCENDING)], [("sha256", ASCENDING)]],
+    "file_counts": [[("owner", ASCENDING), ("span", ASCENDING), ("key", ASCENDING)]],
+    "blobs": [[("refs", ASCENDING)]],
+    "leases": [[("scope", ASCENDING), ("expires", ASCENDING)], [("holder", ASCENDING)]],
+}
+INDEX_NOT_FOUND = 27
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -91,8 +104,31 @@ class Database:
         self.servers: AsyncCollection = self.db.servers
 
     async def ensure_indexes(self) -> None:
+        """Create the indexes the queries need and drop those `OBSOLETE` names (idempotent:
+        every process runs it at start-up, several at once do no harm)."""
         for name, indexes in INDEXES.items():
-            await self.db[name].create_indexes(indexes)
+            if indexes:
+                await self.db[name].create_indexes(indexes)
+        await self.drop_obsolete_indexes()
+
+    async def drop_obsolete_indexes(self) -> list[str]:
+        """Drop the indexes of `OBSOLETE` that exist; returns "collection.index" of each dropped."""
+        dropped = []
+        for name, keys in OBSOLETE.items():
+            wanted = [[(field, int(direction)) for field, direction in key] for key in keys]
+            async for index in await self.db[name].list_indexes():
+                key = [(field, int(direction)) for field, direction in index["key"].items()]
+                if key not in wanted:
+                    continue
+                try:
+                    await self.db[name].drop_index(index["name"])
+                except OperationFailure as exc:
+                    if exc.code != INDEX_NOT_FOUND:  # another process dropped it a moment ago
+                        raise
+                    continue
+                dropped.append(f"{name}.{index['name']}")
+                log.info("dropped the index %s.%s: no query uses it any more", name, index["name"])
+        return dropped
 
     async def ping(self) -> bool:
         try:

@@ -146,6 +146,13 @@ def _one_of(ids: list[str]) -> str | dict:
     return ids[0] if len(ids) == 1 else {"$in": ids}
 
 
+def _counter_ids(owner: str) -> dict:
+    """The filter of every counter document of `owner`, by _id alone: the account document
+    `owner` and the month and day documents `owner/…` (the strings from "owner/" up to, not
+    including, "owner0": "0" follows "/"; a bare JID holds no "/", so no other owner's)."""
+    return {"$or": [{"_id": owner}, {"_id": {"$gte": f"{owner}/", "$lt": f"{owner}0"}}]}
+
+
 def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
     """The month and day counters of the newest two days before `b` (and before the next hour:
     nothing is newer): where a first newest-first page nearly always lies."""
@@ -536,7 +543,7 @@ class Files:
         correct those that differ; returns how many owners' counters were wrong."""
         where = {} if owner is None else {"owner": owner}
         want = cn.build(await self.c.find(where, _COUNTED).to_list())
-        stored_q = {"_id": {"$ne": MARKER}} if owner is None else {"$or": [{"_id": owner}, {"owner": owner}]}
+        stored_q = {"_id": {"$ne": MARKER}} if owner is None else _counter_ids(owner)
         stored = {doc["_id"]: doc async for doc in self.counters.find(stored_q)}
         wrong: set[str] = set()
         for key in want.keys() | stored.keys():
@@ -589,23 +596,23 @@ class Files:
             bucket["used"] += row["used"]
         return counts
 
-    async def lacking_sha1(self) -> list[str]:
-        """fsck: the contents some file of which has no sha1 (stored by an earlier version)."""
-        cursor = await self.c.aggregate([{"$match": {"sha1": {"$exists": False}}}, {"$group": {"_id": "$sha256"}}])
-        return [d["_id"] async for d in cursor]
+    async def lacking_sha1(self) -> dict[str, list[int]]:
+        """fsck: the files that have no sha1 (stored by an earlier version), their ids by content."""
+        pipeline = [{"$match": {"sha1": {"$exists": False}}}, {"$group": {"_id": "$sha256", "ids": {"$push": "$_id"}}}]
+        return {d["_id"]: d["ids"] async for d in await self.c.aggregate(pipeline)}
 
-    async def set_sha1(self, sha256: str, sha1: str) -> None:
-        await self.c.update_many({"sha256": sha256, "sha1": {"$exists": False}}, {"$set": {"sha1": sha1}})
+    async def set_sha1(self, ids: list[int], sha1: str) -> None:
+        """fsck: give these files (of one content) its sha1: by _id, no index on the digest."""
+        await self.c.update_many({"_id": {"$in": ids}, "sha1": {"$exists": False}}, {"$set": {"sha1": sha1}})
 
     async def totals_by_owner(self) -> dict[str, int]:
         """fsck: the sum of sizes per owner."""
         cursor = await self.c.aggregate([{"$group": {"_id": "$owner", "used": {"$sum": "$size"}}}])
         return {d["_id"]: d["used"] async for d in cursor}
 
-    async def refs_by_blob(self) -> dict[str, int]:
-        """fsck: how many files point at each blob."""
-        cursor = await self.c.aggregate([{"$group": {"_id": "$sha256", "n": {"$sum": 1}}}])
-        return {d["_id"]: d["n"] async for d in cursor}
-
-    async def blob_docs(self, sha256: str) -> list[dict]:
-        return await self.c.find({"sha256": sha256}, {"md5": 1, "size": 1, "media_type": 1}).limit(1).to_list()
+    async def refs_by_blob(self) -> dict[str, dict]:
+        """fsck: per content, how many files point at it (`n`) and one of them's `md5`, `size`
+        and `media_type` (what the content's document holds, should it be missing)."""
+        group = {"_id": "$sha256", "n": {"$sum": 1}, **{k: {"$first": f"${k}"} for k in ("md5", "size", "media_type")}}
+        cursor = await self.c.aggregate([{"$group": group}])
+        return {d.pop("_id"): d async for d in cursor}

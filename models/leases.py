@@ -6,7 +6,9 @@ same documents, counted, are the uploads in flight in the whole deployment (the 
 services/admission.py). Each names its `holder` (the server process, which renews all its leases
 every few seconds) and `expires`, when it stops counting if its holder died without giving it
 back; the TTL index removes expired leases later, and a slot whose lease expired is taken over at
-once.
+once. The holder knows which slots it holds: every write names them by `_id`, and the one index
+besides `_id` is the TTL index on `expires`, which the count's range also reads (an insert and a
+delete per upload pay for no other index).
 """
 
 from __future__ import annotations
@@ -53,23 +55,31 @@ class Leases:
 
     async def count(self, now: dt.datetime) -> int:
         """Unexpired slots of every owner: the uploads in flight in the whole deployment (a range
-        read of the (scope, expires) index). Group commit (models/groups.py): the counts asked
-        for while one is under way share the next; a count that begins after a caller's slot was
-        inserted is as good for it as its own (services/admission.py)."""
+        read of the `expires` TTL index; `scope` is checked on the few documents it returns: an
+        earlier version's other leases, which expire within LEASE_SECONDS, are not counted).
+        Group commit (models/groups.py): the counts asked for while one is under way share the
+        next; a count that begins after a caller's slot was inserted is as good for it as its own
+        (services/admission.py)."""
         return await self._counts.submit(now)
 
     async def _count_group(self, moments: list[dt.datetime]) -> list[int]:
-        found = await self.c.count_documents({"scope": USER, "expires": {"$gt": max(moments)}})
+        found = await self.c.count_documents({"expires": {"$gt": max(moments)}, "scope": USER})
         return [found] * len(moments)
 
     async def drop(self, lease: str, holder: str) -> None:
         await self.c.delete_one({"_id": lease, "holder": holder})
 
-    async def renew(self, holder: str, expires: dt.datetime) -> int:
-        """Push back the expiry of every lease the holder has; returns how many."""
-        result = await self.c.update_many({"holder": holder}, {"$set": {"expires": expires}})
+    async def renew(self, holder: str, leases: Collection[str], expires: dt.datetime) -> int:
+        """Push back the expiry of the holder's `leases` (by _id; one whose holder is another,
+        after it expired and was taken over, is left alone); returns how many."""
+        if not leases:
+            return 0
+        result = await self.c.update_many({"_id": {"$in": sorted(leases)}, "holder": holder}, {"$set": {"expires": expires}})
         return result.matched_count
 
-    async def drop_holder(self, holder: str) -> int:
-        result = await self.c.delete_many({"holder": holder})
+    async def drop_all(self, holder: str, leases: Collection[str]) -> int:
+        """Give back the holder's `leases` (by _id); returns how many were still held."""
+        if not leases:
+            return 0
+        result = await self.c.delete_many({"_id": {"$in": sorted(leases)}, "holder": holder})
         return result.deleted_count

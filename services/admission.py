@@ -47,6 +47,9 @@ class UploadGate:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.active: Counter[str] = Counter()  # this process's admitted uploads, per owner
         self._held: dict[str, list[str]] = {}  # owner -> the slots its uploads hold
+        # every slot this process has taken and not given back yet (counted: a slot given back
+        # can be taken again by this process before the give-back's call has returned)
+        self._leases: Counter[str] = Counter()
         self._pending: dict[asyncio.Task, str] = {}  # leases being given back -> their owner
         self._renewer: asyncio.Task | None = None
         self.closed = False  # shutting down: no new uploads
@@ -81,6 +84,7 @@ class UploadGate:
                 await asyncio.sleep(SLOT_WAIT)
         if slot is None:
             raise RateLimited(f"at most {self.per_user} uploads at once", 1)
+        self._leases[slot] += 1
         try:
             # the slot just taken is counted too: insert first, count second (the docstring)
             if await self.leases.count(utcnow()) > self.total:
@@ -117,15 +121,19 @@ class UploadGate:
     async def _drop(self, slot: str) -> None:
         try:
             await self.leases.drop(slot, self.holder)
-        except Exception as exc:  # the lease expires on its own
+        except Exception as exc:  # the lease expires on its own (it is not renewed any more)
             log.warning("could not give back an upload lease: %s", exc)
+        finally:
+            self._leases[slot] -= 1
+            if self._leases[slot] <= 0:
+                del self._leases[slot]
 
     async def _renew(self) -> None:
         """Keep this process's leases alive while it holds any."""
         while self._held:
             await asyncio.sleep(RENEW_SECONDS)
             try:
-                await self.leases.renew(self.holder, self._expiry())
+                await self.leases.renew(self.holder, set(self._leases), self._expiry())
             except Exception as exc:
                 log.warning("could not renew upload leases: %s", exc)
 
@@ -145,4 +153,5 @@ class UploadGate:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
         self._held.clear()
         with contextlib.suppress(Exception):
-            await self.leases.drop_holder(self.holder)
+            await self.leases.drop_all(self.holder, set(self._leases))
+        self._leases.clear()

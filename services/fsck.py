@@ -73,9 +73,9 @@ async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
     wanted = await files.refs_by_blob()
     known = {doc["_id"]: doc.get("refs", 0) for doc in await blobs.all()}
     on_disk = await store.contents()
-    for sha256, refs in wanted.items():
+    for sha256, sample in wanted.items():
+        refs = sample["n"]
         if sha256 not in known:
-            sample = (await files.blob_docs(sha256))[0]
             await blobs.insert(
                 {
                     "_id": sha256,
@@ -103,9 +103,9 @@ async def fsck(parts: Parts, temp_age: float = STALE_TEMP_SECONDS) -> Report:
         await store.remove(sha256)
         report.thumb_dirs_removed += 1
 
-    for sha256 in await files.lacking_sha1():
+    for sha256, ids in (await files.lacking_sha1()).items():
         if sha256 in on_disk:
-            await files.set_sha1(sha256, await _sha1(store, sha256))
+            await files.set_sha1(ids, await _sha1(store, sha256))
             report.sha1_added += 1
 
     totals = await files.totals_by_owner()
