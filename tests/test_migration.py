@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import httpx
 from bson import ObjectId
+from pymongo import IndexModel
 
+from models.db import INDEXES, OBSOLETE
 from services.fsck import fsck
 from tests.helpers import GIF, login, opaque, sha256, upload, wav
 
@@ -70,3 +73,44 @@ async def test_start_up_finishes_an_interrupted_migration(client, service, make_
     assert await files.count_documents({"owner": "alice@example.org"}) == 1
     doc = await files.find_one({"owner": "alice@example.org"})
     assert doc["_id"] == copy["_id"] and doc["slot_id"] == f["slot_id"] and "slot" not in doc
+
+
+async def test_start_up_drops_the_indexes_no_query_uses(client, service, make_service):
+    """A database an earlier version indexed: start-up drops the indexes of OBSOLETE (whatever
+    their names), keeps every one of INDEXES, twice over without error, and the service reads
+    and writes as before (fsck too)."""
+    db = service.parts.db
+    alice = await login(service, "alice@example.org")
+    before = (await upload(client, alice, opaque(300), "a.bin")).json()
+    for name, keys in OBSOLETE.items():  # under names of their own, and users' by its default one
+        await db.db[name].create_indexes(
+            [IndexModel(key, **({} if name == "users" else {"name": f"old_{i}"})) for i, key in enumerate(keys)]
+        )
+
+    def keys_of(info: dict) -> set[tuple]:
+        return {tuple((field, int(d)) for field, d in index["key"]) for index in info.values()}
+
+    old = {name: keys_of(await db.db[name].index_information()) for name in OBSOLETE}
+    assert all({tuple(key) for key in keys} <= old[name] for name, keys in OBSOLETE.items())
+
+    for round in range(2):  # every start-up runs it; the second finds nothing to drop
+        again = await make_service(server={"port": 0})
+        for name, keys in OBSOLETE.items():
+            have = keys_of(await again.parts.db.db[name].index_information())
+            assert not {tuple(key) for key in keys} & have, name
+        for name, indexes in INDEXES.items():
+            have = keys_of(await again.parts.db.db[name].index_information())
+            assert {tuple((f, int(d)) for f, d in index.document["key"].items()) for index in indexes} <= have, name
+        if round:
+            assert await again.parts.db.drop_obsolete_indexes() == []
+            break
+        await make_service.stop(again)
+
+    async with httpx.AsyncClient(base_url=again.url, timeout=60) as http:
+        assert (await http.get(before["file"])).status_code == 200
+        alice = await login(again, "alice@example.org")
+        after = (await upload(http, alice, opaque(400), "b.bin")).json()
+        listed = (await http.get("/api/v1/files/", headers=alice)).json()
+        assert {f["id"] for f in listed["items"]} == {before["id"], after["id"]}
+    report = await fsck(again.parts)
+    assert report.counts_fixed == 0 and report.refs_fixed == 0 and report.blob_docs_added == 0

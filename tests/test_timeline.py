@@ -209,6 +209,32 @@ async def test_fsck_rebuilds_every_counter(parts):
     assert await files.usage(OWNER, wrong) == await files.scan_usage(OWNER, wrong)
 
 
+async def test_fsck_of_one_owner_reads_its_counters_by_id_alone(parts):
+    """`recount(owner)` finds the owner's counter documents by _id (the account document and the
+    "owner/…" range; file_counts has no other index): it repairs a damaged month and day of
+    theirs and leaves the counters of owners whose JIDs begin the same alone."""
+    await _seed(parts, 60)
+    files, counters = parts.files, parts.db.db["file_counts"]
+    stored = [normal(doc) async for doc in counters.find({"owner": OWNER})]
+    right = {doc["_id"]: doc for doc in stored if not counts_nothing(doc)}  # deletes leave empty days
+    some_month = next(key for key in right if key.count("-") == 1)
+    some_day = next(key for key in right if key.count("-") == 2)
+    await counters.update_one({"_id": some_month}, {"$inc": {"days.01.image|0|=image|~.n": 2}})
+    await counters.delete_one({"_id": some_day})
+    # neighbours in _id order: "tl@example.org.uk/…" sorts before "tl@example.org/", "…orgx" after "…org0"
+    neighbours = [
+        {"_id": f"{OWNER}.uk/2026-03", "owner": f"{OWNER}.uk", "span": "m", "key": "2026-03", "days": {"01": {"x": {"n": 7}}}},
+        {"_id": f"{OWNER}x/2026-03-01", "owner": f"{OWNER}x", "span": "d", "key": "2026-03-01", "hours": {"01": {"x": {"n": 7}}}},
+        {"_id": f"{OWNER}x", "owner": f"{OWNER}x", "span": "a", "cells": {"x": {"n": 7}}},
+    ]
+    await counters.insert_many(neighbours)
+    assert await files.recount(OWNER) == 1
+    assert {doc["_id"]: normal(doc) async for doc in counters.find({"owner": OWNER})} == right  # the empty ones gone
+    for doc in neighbours:  # no file counts them, yet one owner's fsck does not touch them
+        assert await counters.find_one({"_id": doc["_id"]}) == doc
+    assert await files.recount(OWNER) == 0
+
+
 async def test_pages_of_ids_are_the_sorted_selection(parts):
     """files/percent/<n>/ and `id=` lists page the named files: the owner's only, in any order."""
     docs = await _seed(parts, 60)
