@@ -62,13 +62,18 @@ async def test_fsck_repairs_counts_and_orphans(client, alice, service):
 async def test_fsck_recreates_missing_blob_doc_and_reports_lost_content(client, alice, service):
     ctx = service.parts
     a = (await upload(client, alice, b"aaaa", "a")).json()
+    await upload(client, alice, b"aaaa", "a2")  # two files of that content
     b = (await upload(client, alice, b"bbbb", "b")).json()
+    before = await ctx.db.blobs.find_one({"_id": a["sha256"]})
     await ctx.db.blobs.delete_one({"_id": a["sha256"]})
     await ctx.store.remove(b["sha256"])
     report = await run_fsck(service)
     assert report.blob_docs_added == 1
     assert report.missing_content == [b["sha256"]] and not report.repaired
-    assert (await ctx.db.blobs.find_one({"_id": a["sha256"]}))["refs"] == 1
+    made = await ctx.db.blobs.find_one({"_id": a["sha256"]})
+    # rebuilt from one of its files: their references, md5, size and media type
+    assert made["refs"] == 2
+    assert {k: made[k] for k in ("md5", "size", "media_type")} == {k: before[k] for k in ("md5", "size", "media_type")}
 
 
 def test_fsck_command_exit_status(settings):
