@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import httpx
 from bson import ObjectId
 from pymongo import IndexModel
 
-from models.db import INDEXES, OBSOLETE
+from models.db import INDEXES, OBSOLETE, Database
 from services.fsck import fsck
 from tests.helpers import GIF, login, opaque, sha256, upload, wav
 
@@ -114,3 +115,19 @@ async def test_start_up_drops_the_indexes_no_query_uses(client, service, make_se
         assert {f["id"] for f in listed["items"]} == {before["id"], after["id"]}
     report = await fsck(again.parts)
     assert report.counts_fixed == 0 and report.refs_fixed == 0 and report.blob_docs_added == 0
+
+
+async def test_processes_starting_together_drop_each_obsolete_index_once(settings):
+    """Several processes run the drop at once: each index goes once, and the one that finds it
+    gone already (IndexNotFound) carries on."""
+    dbs = [Database(settings.mongodb.uri, settings.mongodb.database) for _ in range(3)]
+    try:
+        for name, keys in OBSOLETE.items():
+            await dbs[0].db[name].create_indexes([IndexModel(key) for key in keys])
+        dropped = await asyncio.gather(*(db.drop_obsolete_indexes() for db in dbs))
+        every = [index for one in dropped for index in one]
+        assert sorted(every) == sorted(set(every)) and len(every) == sum(len(keys) for keys in OBSOLETE.values())
+        assert await dbs[1].drop_obsolete_indexes() == []
+    finally:
+        for db in dbs:
+            await db.close()
