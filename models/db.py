@@ -35,8 +35,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("slot_id", ASCENDING)], unique=True),  # downloads
         IndexModel([("owner", ASCENDING), ("is_avatar", ASCENDING), ("created_at", DESCENDING)]),
         IndexModel([("owner", ASCENDING), ("created_at", DESCENDING)]),  # avatars and files together
-        IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),  # slot dedup, by the digest
-        IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),  # the client names
+        # slot dedup: one point lookup by whichever digest the client names
+        IndexModel([("owner", ASCENDING), ("md5", ASCENDING)]),
+        IndexModel([("owner", ASCENDING), ("sha256", ASCENDING)]),
         IndexModel([("owner", ASCENDING), ("sha1", ASCENDING)]),
         IndexModel([("expires_at", ASCENDING)]),  # the expiry sweeper's query
         IndexModel([("owner", ASCENDING), ("expires_at", ASCENDING)]),  # when an owner's files free room
@@ -104,7 +105,7 @@ class Database:
         self.servers: AsyncCollection = self.db.servers
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes the queries need and drop those `OBSOLETE` names (idempotent:
+        """Create the indexes the queries need and drop those `OBSOLETE` lists (idempotent:
         every process runs it at start-up, several at once do no harm)."""
         for name, indexes in INDEXES.items():
             if indexes:
