@@ -67,6 +67,11 @@ OBSOLETE: dict[str, list[list[tuple[str, int]]]] = {
 INDEX_NOT_FOUND = 27
 
 
+def _key(spec) -> list[tuple[str, object]]:
+    """An index key comparable across int/float directions; "hashed", "text", "2dsphere" as is."""
+    return [(field, int(d) if isinstance(d, (int, float)) else d) for field, d in spec]
+
+
 class CommandCounter(monitoring.CommandListener):
     """Tells `count` (the metrics' gallery_db_commands_total) the name of every command the client
     sends: what a request costs the database, independent of its engine."""
@@ -116,9 +121,9 @@ class Database:
         """Drop the indexes of `OBSOLETE` that exist; returns "collection.index" of each dropped."""
         dropped = []
         for name, keys in OBSOLETE.items():
-            wanted = [[(field, int(direction)) for field, direction in key] for key in keys]
+            wanted = [_key(key) for key in keys]
             async for index in await self.db[name].list_indexes():
-                key = [(field, int(direction)) for field, direction in index["key"].items()]
+                key = _key(index["key"].items())
                 if key not in wanted:
                     continue
                 try:

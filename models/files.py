@@ -444,6 +444,7 @@ class Files:
             match = cn.cell_filter(criteria, is_avatar)
             known: dict[str, dict | None] = {}
             segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria), match, known)
+            refined = False
             while True:
                 reached, used = None, 0
                 for segment in segments:
@@ -454,8 +455,13 @@ class Files:
                 if reached is None or reached.level not in "md":
                     break
                 segments = await self._finer(owner, segments, {reached.start}, match, known)
+                refined = True
+            if reached is None and refined:  # a month or day reached it, its days or hours do not:
+                return await self._oldest_ids(owner, criteria, is_avatar, target)  # counters disagree
             if reached is None:  # by the counters, all of the selection does not reach it: all of it
-                return criteria
+                # (what there is now: a DELETE does not take files uploaded while it runs)
+                now = utcnow()
+                return replace(criteria, date_lte=now if criteria.date_lte is None else min(criteria.date_lte, now))
             low, high, before = reached.start, reached.end, used
         q = query(owner, criteria, is_avatar)
         within = q.setdefault("created_at", {})
@@ -599,7 +605,7 @@ class Files:
     async def lacking_sha1(self) -> dict[str, list[int]]:
         """fsck: the files that have no sha1 (stored by an earlier version), their ids by content."""
         pipeline = [{"$match": {"sha1": {"$exists": False}}}, {"$group": {"_id": "$sha256", "ids": {"$push": "$_id"}}}]
-        return {d["_id"]: d["ids"] async for d in await self.c.aggregate(pipeline)}
+        return {d["_id"]: d["ids"] async for d in await self.c.aggregate(pipeline, allowDiskUse=True)}
 
     async def set_sha1(self, ids: list[int], sha1: str) -> None:
         """fsck: give these files (of one content) its sha1: by _id, no index on the digest."""
@@ -607,12 +613,12 @@ class Files:
 
     async def totals_by_owner(self) -> dict[str, int]:
         """fsck: the sum of sizes per owner."""
-        cursor = await self.c.aggregate([{"$group": {"_id": "$owner", "used": {"$sum": "$size"}}}])
+        cursor = await self.c.aggregate([{"$group": {"_id": "$owner", "used": {"$sum": "$size"}}}], allowDiskUse=True)
         return {d["_id"]: d["used"] async for d in cursor}
 
     async def refs_by_blob(self) -> dict[str, dict]:
         """fsck: per content, how many files point at it (`n`) and one of them's `md5`, `size`
         and `media_type` (what the content's document holds, should it be missing)."""
         group = {"_id": "$sha256", "n": {"$sum": 1}, **{k: {"$first": f"${k}"} for k in ("md5", "size", "media_type")}}
-        cursor = await self.c.aggregate([{"$group": group}])
+        cursor = await self.c.aggregate([{"$group": group}], allowDiskUse=True)  # fsck: one row per content
         return {d.pop("_id"): d async for d in cursor}

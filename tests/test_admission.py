@@ -159,3 +159,41 @@ async def test_a_process_never_tries_the_slots_it_holds(db):
     assert await db.leases.count_documents({"holder": gate.holder}) == 8
     await gate.close()
     assert await db.leases.count_documents({}) == 0
+
+
+async def test_a_slot_taken_again_before_its_give_back_returns_stays_renewed(parts, monkeypatch):
+    """Two slots: another process holds one, upload A here the other. Upload B here finds both held
+    and waits; A ends, its give-back deletes the slot but its reply is slow; B takes that slot
+    meanwhile. B's lease must still be renewed after A's give-back returns."""
+    monkeypatch.setattr(admission, "LEASE_SECONDS", 1)
+    monkeypatch.setattr(admission, "RENEW_SECONDS", 0.3)
+    monkeypatch.setattr(admission, "SLOT_WAIT", 0.3)
+    elsewhere = UploadGate(Leases(parts.db.leases), 2, 100)
+    gate = UploadGate(Leases(parts.db.leases), 2, 100)
+    real_drop = gate.leases.drop
+
+    async def slow_drop(lease: str, holder: str) -> None:
+        await real_drop(lease, holder)
+        await asyncio.sleep(1.0)  # the reply is slow to come back
+
+    gate.leases.drop = slow_drop
+    await elsewhere.enter("o@example.org")
+    await gate.enter("o@example.org")
+    (a_slot,) = gate._held["o@example.org"]
+    b = asyncio.ensure_future(gate.enter("o@example.org"))  # both slots held: B waits SLOT_WAIT
+    await asyncio.sleep(0.1)
+    gate.leave("o@example.org")  # A ends during B's wait
+    await b
+    assert gate._held["o@example.org"] == [a_slot]  # B took A's slot before A's give-back returned
+    await asyncio.sleep(2.2)  # A's give-back returned; longer than a lease: B's must be renewed
+    other = UploadGate(Leases(parts.db.leases), 2, 100)
+    try:
+        elsewhere.leave("o@example.org")
+        await elsewhere.drain(5)
+        await other.enter("o@example.org")  # the slot elsewhere gave back
+        with pytest.raises(RateLimited):
+            await other.enter("o@example.org")  # B's: still held
+    finally:
+        await gate.close()
+        await other.close()
+        await elsewhere.close()

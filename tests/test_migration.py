@@ -131,3 +131,13 @@ async def test_processes_starting_together_drop_each_obsolete_index_once(setting
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_start_up_survives_a_non_numeric_index_on_a_collection_with_obsolete_ones(parts):
+    """Regression: an index whose key is not a direction, on a collection OBSOLETE names (a
+    `{owner: "hashed"}` shard key or a text index on a real MongoDB; SecantusDB takes a
+    2dsphere), made every start-up fail: the drop read each index's key with int(direction)."""
+    await parts.db.db.files.create_indexes([IndexModel([("place", "2dsphere")])])
+    await parts.db.ensure_indexes()
+    keys = [index["key"] async for index in await parts.db.db.files.list_indexes()]
+    assert {"place": "2dsphere"} in [dict(key) for key in keys]
