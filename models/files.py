@@ -40,12 +40,6 @@ DIGEST_FIELDS = {32: "md5", 40: "sha1", 64: "sha256"}  # hex length -> field
 MARKER = "#counters"  # in file_counts: the counters have the shape this version keeps (cells, spans)
 COUNTER_VERSION = 3  # 3: the months in the account document, the month documents hold days only
 ORDERS = {(("created_at", -1),): -1, (("created_at", 1),): 1}  # the orders the counters page
-# A month or day of the counters that holds at most this many matching files is read from `files`
-# as it is rather than cut finer: one more counter read (a round trip, a command on both sides)
-# costs more than decoding that many more file documents, and the files read stay bounded (a
-# page plus at most twice this many).
-FEW = 150
-_NAMED_MONTHS = 24  # a range of at most this many whole months reads them by name (_segment_fields)
 # what a counted page leaves out of its files: the owner (the caller's own) and the sha1, which
 # no answer shows (the encoding and decoding of a page's documents is much of its cost)
 _PAGE_FIELDS = {"owner": 0, "sha1": 0}
@@ -168,25 +162,6 @@ def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
     t = min(cn.hour_start(b), cn.ceil_hour(utcnow())) - cn.MS
     days = (t, t - cn.DAY)
     return [*{cn.month_id(owner, day) for day in days}, *(cn.day_id(owner, day) for day in days)]
-
-
-def _segment_fields(low: dt.datetime, high: dt.datetime) -> dict:
-    """What `_segments` reads of the counter documents: the month and day documents' days and
-    hours, and of the account document only the months wholly inside [low, high) (each by name
-    when they are few: a dated range then decodes its own months, not the account's years of
-    them), never its cells and buckets."""
-    fields = {"span": 1, "key": 1, "days": 1, "hours": 1}
-    start, names = cn.month_start(low), []
-    if start < low:
-        start = cn.next_month(start)
-    while len(names) <= _NAMED_MONTHS and cn.next_month(start) <= high:
-        names.append(f"months.{cn.month_key(start)}")
-        start = cn.next_month(start)
-    if len(names) > _NAMED_MONTHS:
-        fields["months"] = 1
-    else:
-        fields.update(dict.fromkeys(names, 1))
-    return fields
 
 
 class Files:
@@ -354,7 +329,7 @@ class Files:
                     ends.append(index)
                     break
                 seen += n
-            coarse = {ordered[i].start for i in ends if ordered[i].level in "md" and ordered[i].n > FEW}
+            coarse = {ordered[i].start for i in ends if ordered[i].level in "md"}
             if not coarse:
                 break
             segments = await self._finer(owner, segments, coarse, match, known)
@@ -417,8 +392,7 @@ class Files:
         ids = sorted({owner, *cut, *ahead})
         raws = [(a, low), (high, b)]
         pieces = (self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y)
-        read = self.counters.find({"_id": _one_of(ids)}, _segment_fields(low, high))
-        counters, *edges = await asyncio.gather(read.to_list(), *pieces)
+        counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
         docs = {doc["_id"]: doc for doc in counters}
         if known is not None:
             known.update((i, docs.get(i)) for i in ids)
@@ -480,7 +454,7 @@ class Files:
                         reached = segment
                         break
                     used += segment.used
-                if reached is None or reached.level not in "md" or reached.n <= FEW:
+                if reached is None or reached.level not in "md":
                     break
                 segments = await self._finer(owner, segments, {reached.start}, match, known)
             if reached is None:  # by the counters, all of the selection does not reach it: all of it

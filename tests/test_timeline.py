@@ -10,9 +10,6 @@ import asyncio
 import datetime as dt
 import random
 
-import pytest
-
-from models import files as files_model
 from models.counters import Cell, counts_nothing, normal
 from models.criteria import Criteria, Page
 from models.files import query
@@ -138,16 +135,7 @@ async def test_stats_equal_a_brute_force_count(parts):
     assert want and _nonzero(await parts.files.usage(OWNER, sized)) == want
 
 
-@pytest.fixture(params=[0, files_model.FEW], ids=["every-month-and-day-cut", "few-read-whole"])
-def few(request, monkeypatch) -> int:
-    """Pages and `oldest_reaching` with months and days of few files read whole (the default
-    FEW) and with every month and day cut down to hours (FEW 0), so that both paths are checked
-    against the brute-force order."""
-    monkeypatch.setattr(files_model, "FEW", request.param)
-    return request.param
-
-
-async def test_every_page_is_the_slice_of_the_full_order(parts, few):
+async def test_every_page_is_the_slice_of_the_full_order(parts):
     docs = await _seed(parts)
     selections = (Criteria(), Criteria(types=["image", "file"]), Criteria(contexts=["chat"]), Criteria(media_type="audio/ogg"))
     for gte, lte in RANGES[:5]:
@@ -166,7 +154,7 @@ async def test_every_page_is_the_slice_of_the_full_order(parts, few):
                         assert [d["_id"] for d in got] == want, (criteria, direction, per_page, number)
 
 
-async def test_oldest_reaching_is_a_bounded_selection(parts, few):
+async def test_oldest_reaching_is_a_bounded_selection(parts):
     """files/percent/<n>/: the oldest files reaching a target, as a date bound read from the
     counters and one hour of files (ids only when files of one millisecond straddle the cut)."""
     docs = await _seed(parts)
