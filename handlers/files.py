@@ -325,15 +325,16 @@ class PercentHandler(BaseHandler):
 
     auth = True
 
-    async def _selection(self, percent: str) -> Criteria:
+    def _share(self, percent: str) -> tuple[int, list[str] | None]:
         n = parse_int("percent", percent, 1, 100)
         assert n is not None
-        contexts = self.params.criteria(("contexts",)).contexts
-        return await self.ctx.files.oldest(self.owner, n, contexts)
+        return n, self.params.criteria(("contexts",)).contexts
 
     async def get(self, percent: str) -> None:
-        criteria = await self._selection(percent)
-        self.reply(await self.ctx.files.list(self.owner, criteria, self.params.page(), False))
+        n, contexts = self._share(percent)
+        page = self.params.page()
+        self.reply(await self.ctx.files.oldest_page(self.owner, n, contexts, page))
 
     async def delete(self, percent: str) -> None:
-        self.reply(await self.ctx.files.delete_answer(self.owner, await self._selection(percent), False))
+        n, contexts = self._share(percent)
+        self.reply(await self.ctx.files.delete_answer(self.owner, await self.ctx.files.oldest(self.owner, n, contexts), False))

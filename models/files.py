@@ -143,6 +143,21 @@ def _insert_error(doc: dict, error: dict) -> Exception:
     return PyMongoError(error.get("errmsg", "insert failed"))
 
 
+def _account_counts(doc: dict | None) -> dict[str, dict[str, int]]:
+    """{bucket: {"count", "used"}} of an account counter document (None: no files)."""
+    counts = _zero_counts()
+    for name, value in counts.items():
+        stored = (doc or {}).get(name) or {}
+        value["count"], value["used"] = int(stored.get("count", 0)), int(stored.get("used", 0))
+    return counts
+
+
+def _share(counts: dict[str, dict[str, int]], percent: int) -> int:
+    """`percent` % of the bytes in all of `counts`' buckets, rounded up."""
+    used = sum(bucket["used"] for bucket in counts.values())
+    return -(-used * percent // 100)
+
+
 def _one_of(ids: list[str]) -> str | dict:
     """An `_id` condition for these ids: equality for one (a cheaper plan than `$in` on the
     embedded database; the same point read on MongoDB)."""
@@ -261,10 +276,14 @@ class Files:
         doc = await self.c.find_one({"owner": owner, DIGEST_FIELDS[len(digest)]: digest})
         return doc if doc is not None and doc["size"] == size else None
 
-    async def page(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None) -> tuple[int, list[dict]]:
+    async def page(
+        self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None, known: dict[str, dict | None] | None = None
+    ) -> tuple[int, list[dict]]:
+        """One page of `owner`'s matching files and their total. `known`: counter documents this
+        request has read already (`oldest_reaching`'s), by _id, not read again."""
         direction = ORDERS.get(tuple(page.order))
         if direction is not None and cn.countable(criteria):
-            return await self._counted_page(owner, criteria, page, is_avatar, direction)
+            return await self._counted_page(owner, criteria, page, is_avatar, direction, known)
         if criteria.ids is not None and Criteria(ids=criteria.ids) == criteria:
             return await self._ids_page(owner, criteria.ids, page, is_avatar)
         # Other orders and selections (ids, sizes, a full media type): the total by a count and
@@ -299,7 +318,13 @@ class Files:
         return len(docs), docs[page.skip : page.skip + page.per_page]
 
     async def _counted_page(
-        self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None, direction: int
+        self,
+        owner: str,
+        criteria: Criteria,
+        page: Page,
+        is_avatar: bool | None,
+        direction: int,
+        known: dict[str, dict | None] | None = None,
     ) -> tuple[int, list[dict]]:
         """A newest- (-1) or oldest-first (1) page through the counters: the segments of the
         time line say how many files precede each; the page's first and last positions are cut
@@ -307,7 +332,7 @@ class Files:
         created_at range, sorted, skipping what precedes the page within it, is the page."""
         a, b = _bounds(criteria)
         match = cn.cell_filter(criteria, is_avatar)
-        known: dict[str, dict | None] = {}
+        known = {} if known is None else known
         # the first newest-first page (what every client opens) nearly always lies in the last
         # day or two: their counters come with the account document, in the same read
         ahead = _newest_counters(owner, b) if direction < 0 and page.number == 1 else ()
@@ -380,7 +405,9 @@ class Files:
         ends, each with what matches in it, oldest first, the empty ones left out: one `_id $in`
         read of the account document (its `months`), the at most two months and two days the
         range cuts, and the counter documents `ahead` (what `known` then holds for `_finer`),
-        beside at most two reads of an hour of files, all at once."""
+        beside at most two reads of an hour of files, all at once. The counter documents `known`
+        holds already are not read again, and when it holds the account and every cut one,
+        there is no counter read (`ahead` is then not worth one)."""
         match = match or cn.cell_filter(criteria, is_avatar)
         low, high = cn.ceil_hour(a), cn.hour_start(b)
         if low >= high:
@@ -389,16 +416,23 @@ class Files:
         # and the days cut by them with their hours
         cut = {cn.month_id(owner, t) for t in (low, high - cn.MS) if not _whole_months(t, low, high)}
         cut |= {cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)}
-        ids = sorted({owner, *cut, *ahead})
+        if known is not None and all(i in known for i in (owner, *cut)):
+            ids = []
+        else:
+            ids = [i for i in sorted({owner, *cut, *ahead}) if known is None or i not in known]
         raws = [(a, low), (high, b)]
-        pieces = (self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y)
-        counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
+        pieces = [self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y]
+        if ids:
+            counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
+        else:
+            counters, edges = [], list(await asyncio.gather(*pieces))
         docs = {doc["_id"]: doc for doc in counters}
         if known is not None:
             known.update((i, docs.get(i)) for i in ids)
+            docs = known
         account = docs.get(owner) or {}
         segments: list[Segment] = [*edges, *cn.whole_months(account.get("months"), low, high, match)]
-        for doc in (docs[i] for i in sorted(cut) if i in docs):
+        for doc in (docs[i] for i in sorted(cut) if docs.get(i)):
             segments += (cn.hour_segments if doc.get("span") == "d" else cn.month_segments)(doc, low, high, match)
         return sorted((s for s in segments if s.n), key=lambda s: s.start)
 
@@ -433,20 +467,40 @@ class Files:
         segment.n = cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
         return segment
 
-    async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> Criteria:
+    async def oldest_reaching(
+        self,
+        owner: str,
+        criteria: Criteria,
+        is_avatar: bool | None,
+        target: int | None = None,
+        *,
+        percent: int | None = None,
+        known: dict[str, dict | None] | None = None,
+    ) -> Criteria:
         """`owner`'s oldest matching files (by `created_at`, ties by id) whose sizes together first
         reach `target` bytes (all of them when they never do), as a selection: the criteria with
         `date_lte` at the last one's `created_at`. The counters say in which hour the sum reaches
         `target` and how much the hours before it hold: only that hour's files are read. When
         files of that very millisecond fall on both sides of the cut, the selection names the
-        ids (`_oldest_ids`)."""
-        if target <= 0:
+        ids (`_oldest_ids`). `percent` instead of `target`: that share (rounded up: "reach" means
+        at least that much) of the bytes all the owner's files use, by the account counters that
+        the segments' read brings anyway. `known` gathers the counter documents read (for a page
+        of the selection in the same request)."""
+        known = {} if known is None else known
+        countable = cn.countable(criteria)
+        if percent is not None and not countable:
+            target = _share(await self.counts(owner), percent)
+        if target is not None and target <= 0:
             return Criteria(ids=[])
         low, high, before = cn.EPOCH, cn.FAR, 0
-        if cn.countable(criteria):
+        if countable:
             match = cn.cell_filter(criteria, is_avatar)
-            known: dict[str, dict | None] = {}
             segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria), match, known)
+            if target is None:
+                assert percent is not None
+                target = _share(_account_counts(known.get(owner)), percent)
+                if target <= 0:
+                    return Criteria(ids=[])
             while True:
                 reached, used = None, 0
                 for segment in segments:
@@ -460,6 +514,7 @@ class Files:
             if reached is None:  # by the counters, all of the selection does not reach it: all of it
                 return criteria
             low, high, before = reached.start, reached.end, used
+        assert target is not None
         q = query(owner, criteria, is_avatar)
         within = q.setdefault("created_at", {})
         within["$gte"] = max(low, within.get("$gte", low))
@@ -534,12 +589,7 @@ class Files:
 
     async def counts(self, owner: str) -> dict[str, dict[str, int]]:
         """{bucket: {"count", "used"}} for one owner, from the counters (one point read)."""
-        doc = await self.counters.find_one({"_id": owner}, {name: 1 for name in BUCKET_NAMES}) or {}
-        counts = _zero_counts()
-        for name, value in counts.items():
-            stored = doc.get(name) or {}
-            value["count"], value["used"] = int(stored.get("count", 0)), int(stored.get("used", 0))
-        return counts
+        return _account_counts(await self.counters.find_one({"_id": owner}, {name: 1 for name in BUCKET_NAMES}))
 
     async def recount(self, owner: str | None = None) -> int:
         """fsck: recompute every counter document from `files` (of one owner, or of all) and

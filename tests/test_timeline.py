@@ -323,3 +323,31 @@ async def test_a_first_page_of_the_last_two_days_is_two_reads(parts):
     for number in (2, 3):
         total, got = await parts.files.page(OWNER, Criteria(), Page(number, 40), False)
         assert [d["_id"] for d in got] == full[(number - 1) * 40 : number * 40]
+
+
+async def test_a_percent_page_reads_its_counters_once(parts):
+    """files/percent/<n>/: the share is taken from the account counters of the segments' read
+    (no read of its own), and the page of the selection reuses the counter documents read for
+    it: the same selection and page as with a target and a fresh page, in fewer commands."""
+    docs = await _seed(parts)
+    files = parts.files
+    used = sum(d["size"] for d in docs)  # the seed's avatars count in the owner's bytes too
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    for percent in (1, 10, 37, 100):
+        target = -(-used * percent // 100)
+        sent.clear()
+        plain = await files.oldest_reaching(OWNER, Criteria(), False, target)
+        fresh = await files.page(OWNER, plain, Page(1, 20), False)
+        before = len(sent)
+        sent.clear()
+        known: dict = {}
+        shared = await files.oldest_reaching(OWNER, Criteria(), False, percent=percent, known=known)
+        page = await files.page(OWNER, shared, Page(1, 20), False, known)
+        assert shared == plain, percent
+        assert (page[0], [d["_id"] for d in page[1]]) == (fresh[0], [d["_id"] for d in fresh[1]]), percent
+        assert len(sent) < before, (percent, sent)
+    assert await files.oldest_reaching(OWNER, Criteria(), False, percent=100, known={}) != Criteria(ids=[])
+    await parts.db.db["file_counts"].delete_many({"owner": OWNER})
+    await parts.db.db["file_counts"].delete_one({"_id": OWNER})
+    assert await files.oldest_reaching(OWNER, Criteria(), False, percent=50) == Criteria(ids=[])  # nothing counted
