@@ -40,9 +40,6 @@ DIGEST_FIELDS = {32: "md5", 40: "sha1", 64: "sha256"}  # hex length -> field
 MARKER = "#counters"  # in file_counts: the counters have the shape this version keeps (cells, spans)
 COUNTER_VERSION = 3  # 3: the months in the account document, the month documents hold days only
 ORDERS = {(("created_at", -1),): -1, (("created_at", 1),): 1}  # the orders the counters page
-# what a counted page leaves out of its files: the owner (the caller's own) and the sha1, which
-# no answer shows (the encoding and decoding of a page's documents is much of its cost)
-_PAGE_FIELDS = {"owner": 0, "sha1": 0}
 _COUNTED = {"owner": 1, "size": 1, "kind": 1, "is_avatar": 1, "media_type": 1, "context": 1, "created_at": 1}
 
 
@@ -364,7 +361,7 @@ class Files:
             return total, []
         chosen = ordered[ends[0] : ends[-1] + 1]
         low, high = min(s.start for s in chosen), max(s.end for s in chosen)
-        docs = await self._in_range(owner, criteria, is_avatar, low, high, _PAGE_FIELDS, match)
+        docs = await self._in_range(owner, criteria, is_avatar, low, high, match=match)
         docs.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)
         return total, docs[first - before : last - before + 1]
 
