@@ -178,6 +178,18 @@ def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
     return [*{cn.month_id(owner, day) for day in days}, *(cn.day_id(owner, day) for day in days)]
 
 
+def _likely_days(owner: str, month: Segment, share: float, direction: int) -> list[str]:
+    """The day counters around where the month segment's `share` (0 to 1, from its newest end
+    for direction -1, from its oldest for 1) would lie if its files were spread evenly over
+    it (up to now): that day and its neighbours. Read with the month's own counters, they spare the read
+    of the day a page position (or files/percent's cut) falls in whenever uploads are spread
+    about evenly, for a few small documents more in that read when they are not."""
+    end = max(month.start, min(month.end, utcnow()))  # the current month holds nothing newer than now
+    at = min(max(share, 0.0), 1.0) * (end - month.start)
+    day = cn.day_start(end - at if direction < 0 else month.start + at)
+    return [cn.day_id(owner, d) for d in (day - cn.DAY, day, day + cn.DAY) if month.start <= d < month.end]
+
+
 class Files:
     def __init__(self, collection: AsyncCollection) -> None:
         self.c = collection
@@ -343,20 +355,28 @@ class Files:
         last = min(first + page.per_page, total) - 1
         while True:
             ordered = segments if direction > 0 else segments[::-1]
-            ends, before, seen = [], 0, 0
+            ends, before, seen, spots = [], 0, 0, []
             for index, segment in enumerate(ordered):
                 n = segment.n
                 if seen <= first < seen + n:
                     ends.append(index)
                     before = seen
+                    spots.append((segment, first - seen))
                 if seen <= last < seen + n:
                     ends.append(index)
+                    spots.append((segment, last - seen))
                     break
                 seen += n
             coarse = {ordered[i].start for i in ends if ordered[i].level in "md"}
             if not coarse:
                 break
-            segments = await self._finer(owner, segments, coarse, match, known)
+            guesses = [
+                i
+                for segment, k in spots
+                if segment.level == "m"
+                for i in _likely_days(owner, segment, (k + 0.5) / segment.n, direction)
+            ]
+            segments = await self._finer(owner, segments, coarse, match, known, guesses)
         if not ends:  # counters that disagree with themselves (until fsck): nothing to show there
             return total, []
         chosen = ordered[ends[0] : ends[-1] + 1]
@@ -366,15 +386,24 @@ class Files:
         return total, docs[first - before : last - before + 1]
 
     async def _finer(
-        self, owner: str, segments: list[Segment], starts: set, match: cn.Match, known: dict[str, dict | None]
+        self,
+        owner: str,
+        segments: list[Segment],
+        starts: set,
+        match: cn.Match,
+        known: dict[str, dict | None],
+        ahead: Iterable[str] = (),
     ) -> list[Segment]:
         """The segments with the months and days that start at `starts` cut into days and hours:
         one read of those months' day counts or of those days' hour counts (by _id), unless
-        they are among the counter documents `known` already (None: read, and not there)."""
+        they are among the counter documents `known` already (None: read, and not there). The
+        counter documents `ahead` (the days a position likely falls in) come with that read
+        when there is one."""
         chosen = [s for s in segments if s.start in starts and s.level in "md"]
         cut = {id(s) for s in chosen}
         ids = [(cn.month_id if s.level == "m" else cn.day_id)(owner, s.start) for s in chosen]
         if missing := [i for i in ids if i not in known]:
+            missing += sorted({i for i in ahead if i not in known} - set(missing))
             found = {d["_id"]: d for d in await self.counters.find({"_id": _one_of(missing)}).to_list()}
             known.update((i, found.get(i)) for i in missing)
         out: list[Segment] = []
@@ -509,7 +538,9 @@ class Files:
                     used += segment.used
                 if reached is None or reached.level not in "md":
                     break
-                segments = await self._finer(owner, segments, {reached.start}, match, known)
+                share = (target - used) / reached.used if reached.used else 0.0
+                guesses = _likely_days(owner, reached, share, 1) if reached.level == "m" else []
+                segments = await self._finer(owner, segments, {reached.start}, match, known, guesses)
             if reached is None:  # by the counters, all of the selection does not reach it: all of it
                 return criteria
             low, high, before = reached.start, reached.end, used

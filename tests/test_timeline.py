@@ -351,3 +351,29 @@ async def test_a_percent_page_reads_its_counters_once(parts):
     await parts.db.db["file_counts"].delete_many({"owner": OWNER})
     await parts.db.db["file_counts"].delete_one({"_id": OWNER})
     assert await files.oldest_reaching(OWNER, Criteria(), False, percent=50) == Criteria(ids=[])  # nothing counted
+
+
+async def test_a_page_inside_a_month_of_even_uploads_is_three_reads(parts):
+    """A page position inside a month is looked for among the days where it would lie if the
+    month's files were spread evenly: their counters come with the month's, so a middle or
+    last page of evenly spread uploads is three commands (the counters, the month with those
+    days, the files), and every page (a guess that misses too) is still the slice of the full
+    order."""
+    rng = random.Random(8)
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    docs = []
+    for i in range(1, 601):  # one file every four hours, for 100 days
+        at = start + dt.timedelta(hours=4 * i, minutes=rng.randint(0, 59), milliseconds=rng.randint(0, 999))
+        doc = {**_doc(80_000 + i, at, rng), "is_avatar": False, "context": None}
+        await parts.files.insert(doc)
+        docs.append(doc)
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    for direction in (-1, 1):
+        full = [d["_id"] for d in sorted(docs, key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)]
+        for number in (7, 25, 31, 52, 60):
+            sent.clear()
+            total, got = await parts.files.page(OWNER, Criteria(), Page(number, 10, [("created_at", direction)]), False)
+            assert total == 600 and [d["_id"] for d in got] == full[(number - 1) * 10 : number * 10], (direction, number)
+            if number < 60:  # the last 100 days' month is a third full: not even over the month
+                assert sent == ["find", "find", "find"], (direction, number, sent)
