@@ -180,10 +180,10 @@ def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
 
 def _likely_days(owner: str, month: Segment, share: float, direction: int) -> list[str]:
     """The day counters around where the month segment's `share` (0 to 1, from its newest end
-    for direction -1, from its oldest for 1) would lie if its files were spread evenly over
-    it (up to now): that day and its neighbours. Read with the month's own counters, they spare the read
-    of the day a page position (or files/percent's cut) falls in whenever uploads are spread
-    about evenly, for a few small documents more in that read when they are not."""
+    for direction -1, from its oldest for 1) would lie if its files were spread evenly over it
+    (up to now): that day and its neighbours. Read with the month's own counters, they spare
+    the read of the day a page position (or files/percent's cut) falls in whenever uploads are
+    spread about evenly, for a few small documents more in that read when they are not."""
     end = max(month.start, min(month.end, utcnow()))  # the current month holds nothing newer than now
     at = min(max(share, 0.0), 1.0) * (end - month.start)
     day = cn.day_start(end - at if direction < 0 else month.start + at)
