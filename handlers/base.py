@@ -8,6 +8,7 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler
 
@@ -27,6 +28,47 @@ CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_EXPOSE = "Retry-After, WWW-Authenticate, X-Request-Id"
 CORS_MAX_AGE = "86400"
+# what orjson must hand back rather than encode its own way: subclasses of str, int, dict and
+# list, dataclasses, datetimes (json.dumps encodes the first as their base type and refuses the
+# others); a TypeError then sends the body through json.dumps
+_ORJSON = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def to_json(body: Any) -> bytes:
+    """An answer's body as UTF-8 JSON, byte for byte what `json.dumps(body, ensure_ascii=False,
+    separators=(",", ":"))` gives, by orjson (a page of files in a tenth of the time). What
+    orjson would write otherwise goes through json.dumps: what it refuses (integers beyond 64
+    bits, lone surrogates, keys that are not strings, the types above) and a file's `metadata`
+    holding any float (json.loads takes NaN and infinities at upload and json.dumps writes them
+    back, where orjson writes null; and orjson writes 1e-7 where json.dumps writes 1e-07): a
+    file's metadata is the only client-given JSON an answer holds."""
+    if _user_floats(body):
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return orjson.dumps(body, option=_ORJSON)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _user_floats(body: Any) -> bool:
+    """Does the metadata of the file (`body`) or files (`body["items"]`) hold a float?"""
+    if not isinstance(body, dict):
+        return False
+    items = body.get("items")
+    found = items if isinstance(items, list) else (body,)
+    return any(_has_float(item.get("metadata")) for item in found if isinstance(item, dict))
+
+
+def _has_float(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int)):
+        return False
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_float(v) for v in value)
+    return False
 
 
 class BaseHandler(RequestHandler):
@@ -120,7 +162,7 @@ class BaseHandler(RequestHandler):
 
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        self.finish(to_json(body))
 
     def no_content(self) -> None:
         self.set_status(204)

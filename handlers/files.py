@@ -166,6 +166,14 @@ class StreamedUpload(BaseHandler):
             self.admission.close()
 
 
+def _int64(text: str) -> int:
+    """A JSON integer the database can store (BSON's widest is 64 bits); else ValueError."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("an integer beyond 64 bits")
+    return value
+
+
 class SizeTarget(FieldTarget):
     """The declared `size`: checked against the admission as soon as it has arrived, before the
     file."""
@@ -240,12 +248,13 @@ class UploadHandler(StreamedUpload):
         metadata = None
         if values["metadata"]:
             try:
-                metadata = json.loads(values["metadata"])
+                metadata = json.loads(values["metadata"], parse_int=_int64)
             except (ValueError, RecursionError):
                 metadata = None
             if not isinstance(metadata, dict) or len(values["metadata"].encode()) > 8192:
                 raise Invalid(
-                    "metadata: expected a JSON object of at most 8 KiB", fields={"metadata": "expected a JSON object ≤ 8 KiB"}
+                    "metadata: expected a JSON object of at most 8 KiB (integers of at most 64 bits)",
+                    fields={"metadata": "expected a JSON object ≤ 8 KiB"},
                 )
         context = values["context"] or self.params.str("context")
         if context is not None and (len(context) > 64 or "\x00" in context):
@@ -325,15 +334,16 @@ class PercentHandler(BaseHandler):
 
     auth = True
 
-    async def _selection(self, percent: str) -> Criteria:
+    def _share(self, percent: str) -> tuple[int, list[str] | None]:
         n = parse_int("percent", percent, 1, 100)
         assert n is not None
-        contexts = self.params.criteria(("contexts",)).contexts
-        return await self.ctx.files.oldest(self.owner, n, contexts)
+        return n, self.params.criteria(("contexts",)).contexts
 
     async def get(self, percent: str) -> None:
-        criteria = await self._selection(percent)
-        self.reply(await self.ctx.files.list(self.owner, criteria, self.params.page(), False))
+        n, contexts = self._share(percent)
+        page = self.params.page()
+        self.reply(await self.ctx.files.oldest_page(self.owner, n, contexts, page))
 
     async def delete(self, percent: str) -> None:
-        self.reply(await self.ctx.files.delete_answer(self.owner, await self._selection(percent), False))
+        n, contexts = self._share(percent)
+        self.reply(await self.ctx.files.delete_answer(self.owner, await self.ctx.files.oldest(self.owner, n, contexts), False))

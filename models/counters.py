@@ -190,7 +190,7 @@ def month_id(owner: str, t: dt.datetime) -> str:
 
 
 def day_id(owner: str, t: dt.datetime) -> str:
-    return f"{owner}/{t:%Y-%m-%d}"
+    return f"{owner}/{t.year}-{t.month:02d}-{t.day:02d}"  # `{t:%Y-%m-%d}` (glibc), without strftime
 
 
 def _utc(t: dt.datetime) -> dt.datetime:

@@ -140,6 +140,21 @@ def _insert_error(doc: dict, error: dict) -> Exception:
     return PyMongoError(error.get("errmsg", "insert failed"))
 
 
+def _account_counts(doc: dict | None) -> dict[str, dict[str, int]]:
+    """{bucket: {"count", "used"}} of an account counter document (None: no files)."""
+    counts = _zero_counts()
+    for name, value in counts.items():
+        stored = (doc or {}).get(name) or {}
+        value["count"], value["used"] = int(stored.get("count", 0)), int(stored.get("used", 0))
+    return counts
+
+
+def _share(counts: dict[str, dict[str, int]], percent: int) -> int:
+    """`percent` % of the bytes in all of `counts`' buckets, rounded up."""
+    used = sum(bucket["used"] for bucket in counts.values())
+    return -(-used * percent // 100)
+
+
 def _one_of(ids: list[str]) -> str | dict:
     """An `_id` condition for these ids: equality for one (a cheaper plan than `$in` on the
     embedded database; the same point read on MongoDB)."""
@@ -154,11 +169,25 @@ def _counter_ids(owner: str) -> dict:
 
 
 def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
-    """The month and day counters of the newest two days before `b` (and before the next hour:
-    nothing is newer): where a first newest-first page nearly always lies."""
+    """The month and day counters of the newest three days before `b` (and before the next hour:
+    nothing is newer): where a first newest-first page nearly always lies (a page of 50 for
+    anyone who uploads 17 files a day; a day document more in that read costs far less than
+    the read of it the page otherwise makes)."""
     t = min(cn.hour_start(b), cn.ceil_hour(utcnow())) - cn.MS
-    days = (t, t - cn.DAY)
+    days = (t, t - cn.DAY, t - 2 * cn.DAY)
     return [*{cn.month_id(owner, day) for day in days}, *(cn.day_id(owner, day) for day in days)]
+
+
+def _likely_days(owner: str, month: Segment, share: float, direction: int) -> list[str]:
+    """The day counters around where the month segment's `share` (0 to 1, from its newest end
+    for direction -1, from its oldest for 1) would lie if its files were spread evenly over it
+    (up to now): that day and its neighbours. Read with the month's own counters, they spare
+    the read of the day a page position (or files/percent's cut) falls in whenever uploads are
+    spread about evenly, for a few small documents more in that read when they are not."""
+    end = max(month.start, min(month.end, utcnow()))  # the current month holds nothing newer than now
+    at = min(max(share, 0.0), 1.0) * (end - month.start)
+    day = cn.day_start(end - at if direction < 0 else month.start + at)
+    return [cn.day_id(owner, d) for d in (day - cn.DAY, day, day + cn.DAY) if month.start <= d < month.end]
 
 
 class Files:
@@ -258,10 +287,14 @@ class Files:
         doc = await self.c.find_one({"owner": owner, DIGEST_FIELDS[len(digest)]: digest})
         return doc if doc is not None and doc["size"] == size else None
 
-    async def page(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None) -> tuple[int, list[dict]]:
+    async def page(
+        self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None, known: dict[str, dict | None] | None = None
+    ) -> tuple[int, list[dict]]:
+        """One page of `owner`'s matching files and their total. `known`: counter documents this
+        request has read already (`oldest_reaching`'s), by _id, not read again."""
         direction = ORDERS.get(tuple(page.order))
         if direction is not None and cn.countable(criteria):
-            return await self._counted_page(owner, criteria, page, is_avatar, direction)
+            return await self._counted_page(owner, criteria, page, is_avatar, direction, known)
         if criteria.ids is not None and Criteria(ids=criteria.ids) == criteria:
             return await self._ids_page(owner, criteria.ids, page, is_avatar)
         # Other orders and selections (ids, sizes, a full media type): the total by a count and
@@ -296,7 +329,13 @@ class Files:
         return len(docs), docs[page.skip : page.skip + page.per_page]
 
     async def _counted_page(
-        self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None, direction: int
+        self,
+        owner: str,
+        criteria: Criteria,
+        page: Page,
+        is_avatar: bool | None,
+        direction: int,
+        known: dict[str, dict | None] | None = None,
     ) -> tuple[int, list[dict]]:
         """A newest- (-1) or oldest-first (1) page through the counters: the segments of the
         time line say how many files precede each; the page's first and last positions are cut
@@ -304,9 +343,9 @@ class Files:
         created_at range, sorted, skipping what precedes the page within it, is the page."""
         a, b = _bounds(criteria)
         match = cn.cell_filter(criteria, is_avatar)
-        known: dict[str, dict | None] = {}
+        known = {} if known is None else known
         # the first newest-first page (what every client opens) nearly always lies in the last
-        # day or two: their counters come with the account document, in the same read
+        # few days: their counters come with the account document, in the same read
         ahead = _newest_counters(owner, b) if direction < 0 and page.number == 1 else ()
         segments = await self._segments(owner, criteria, is_avatar, a, b, match, known, ahead)
         total = sum(s.n for s in segments)
@@ -316,20 +355,28 @@ class Files:
         last = min(first + page.per_page, total) - 1
         while True:
             ordered = segments if direction > 0 else segments[::-1]
-            ends, before, seen = [], 0, 0
+            ends, before, seen, spots = [], 0, 0, []
             for index, segment in enumerate(ordered):
                 n = segment.n
                 if seen <= first < seen + n:
                     ends.append(index)
                     before = seen
+                    spots.append((segment, first - seen))
                 if seen <= last < seen + n:
                     ends.append(index)
+                    spots.append((segment, last - seen))
                     break
                 seen += n
             coarse = {ordered[i].start for i in ends if ordered[i].level in "md"}
             if not coarse:
                 break
-            segments = await self._finer(owner, segments, coarse, match, known)
+            guesses = [
+                i
+                for segment, k in spots
+                if segment.level == "m"
+                for i in _likely_days(owner, segment, (k + 0.5) / segment.n, direction)
+            ]
+            segments = await self._finer(owner, segments, coarse, match, known, guesses)
         if not ends:  # counters that disagree with themselves (until fsck): nothing to show there
             return total, []
         chosen = ordered[ends[0] : ends[-1] + 1]
@@ -339,15 +386,24 @@ class Files:
         return total, docs[first - before : last - before + 1]
 
     async def _finer(
-        self, owner: str, segments: list[Segment], starts: set, match: cn.Match, known: dict[str, dict | None]
+        self,
+        owner: str,
+        segments: list[Segment],
+        starts: set,
+        match: cn.Match,
+        known: dict[str, dict | None],
+        ahead: Iterable[str] = (),
     ) -> list[Segment]:
         """The segments with the months and days that start at `starts` cut into days and hours:
         one read of those months' day counts or of those days' hour counts (by _id), unless
-        they are among the counter documents `known` already (None: read, and not there)."""
+        they are among the counter documents `known` already (None: read, and not there). The
+        counter documents `ahead` (the days a position likely falls in) come with that read
+        when there is one."""
         chosen = [s for s in segments if s.start in starts and s.level in "md"]
         cut = {id(s) for s in chosen}
         ids = [(cn.month_id if s.level == "m" else cn.day_id)(owner, s.start) for s in chosen]
         if missing := [i for i in ids if i not in known]:
+            missing += sorted({i for i in ahead if i not in known} - set(missing))
             found = {d["_id"]: d for d in await self.counters.find({"_id": _one_of(missing)}).to_list()}
             known.update((i, found.get(i)) for i in missing)
         out: list[Segment] = []
@@ -377,7 +433,9 @@ class Files:
         ends, each with what matches in it, oldest first, the empty ones left out: one `_id $in`
         read of the account document (its `months`), the at most two months and two days the
         range cuts, and the counter documents `ahead` (what `known` then holds for `_finer`),
-        beside at most two reads of an hour of files, all at once."""
+        beside at most two reads of an hour of files, all at once. The counter documents `known`
+        holds already are not read again, and when it holds the account and every cut one,
+        there is no counter read (`ahead` is then not worth one)."""
         match = match or cn.cell_filter(criteria, is_avatar)
         low, high = cn.ceil_hour(a), cn.hour_start(b)
         if low >= high:
@@ -386,16 +444,23 @@ class Files:
         # and the days cut by them with their hours
         cut = {cn.month_id(owner, t) for t in (low, high - cn.MS) if not _whole_months(t, low, high)}
         cut |= {cn.day_id(owner, t) for t in (low, high - cn.MS) if not _whole_days(t, low, high)}
-        ids = sorted({owner, *cut, *ahead})
+        if known is not None and all(i in known for i in (owner, *cut)):
+            ids = []
+        else:
+            ids = [i for i in sorted({owner, *cut, *ahead}) if known is None or i not in known]
         raws = [(a, low), (high, b)]
-        pieces = (self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y)
-        counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
+        pieces = [self._raw(owner, criteria, is_avatar, x, y) for x, y in raws if x < y]
+        if ids:
+            counters, *edges = await asyncio.gather(self.counters.find({"_id": _one_of(ids)}).to_list(), *pieces)
+        else:
+            counters, edges = [], list(await asyncio.gather(*pieces))
         docs = {doc["_id"]: doc for doc in counters}
         if known is not None:
             known.update((i, docs.get(i)) for i in ids)
+            docs = known
         account = docs.get(owner) or {}
         segments: list[Segment] = [*edges, *cn.whole_months(account.get("months"), low, high, match)]
-        for doc in (docs[i] for i in sorted(cut) if i in docs):
+        for doc in (docs[i] for i in sorted(cut) if docs.get(i)):
             segments += (cn.hour_segments if doc.get("span") == "d" else cn.month_segments)(doc, low, high, match)
         return sorted((s for s in segments if s.n), key=lambda s: s.start)
 
@@ -430,20 +495,40 @@ class Files:
         segment.n = cn.add_files(segment.buckets, await self._in_range(owner, criteria, is_avatar, a, b, _COUNTED))
         return segment
 
-    async def oldest_reaching(self, owner: str, criteria: Criteria, is_avatar: bool | None, target: int) -> Criteria:
+    async def oldest_reaching(
+        self,
+        owner: str,
+        criteria: Criteria,
+        is_avatar: bool | None,
+        target: int | None = None,
+        *,
+        percent: int | None = None,
+        known: dict[str, dict | None] | None = None,
+    ) -> Criteria:
         """`owner`'s oldest matching files (by `created_at`, ties by id) whose sizes together first
         reach `target` bytes (all of them when they never do), as a selection: the criteria with
         `date_lte` at the last one's `created_at`. The counters say in which hour the sum reaches
         `target` and how much the hours before it hold: only that hour's files are read. When
         files of that very millisecond fall on both sides of the cut, the selection names the
-        ids (`_oldest_ids`)."""
-        if target <= 0:
+        ids (`_oldest_ids`). `percent` instead of `target`: that share (rounded up: "reach" means
+        at least that much) of the bytes all the owner's files use, by the account counters that
+        the segments' read brings anyway. `known` gathers the counter documents read (for a page
+        of the selection in the same request)."""
+        known = {} if known is None else known
+        countable = cn.countable(criteria)
+        if percent is not None and not countable:
+            target = _share(await self.counts(owner), percent)
+        if target is not None and target <= 0:
             return Criteria(ids=[])
         low, high, before = cn.EPOCH, cn.FAR, 0
-        if cn.countable(criteria):
+        if countable:
             match = cn.cell_filter(criteria, is_avatar)
-            known: dict[str, dict | None] = {}
             segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria), match, known)
+            if target is None:
+                assert percent is not None
+                target = _share(_account_counts(known.get(owner)), percent)
+                if target <= 0:
+                    return Criteria(ids=[])
             refined = False
             while True:
                 reached, used = None, 0
@@ -454,15 +539,16 @@ class Files:
                     used += segment.used
                 if reached is None or reached.level not in "md":
                     break
-                segments = await self._finer(owner, segments, {reached.start}, match, known)
+                share = (target - used) / reached.used if reached.used else 0.0
+                guesses = _likely_days(owner, reached, share, 1) if reached.level == "m" else []
+                segments = await self._finer(owner, segments, {reached.start}, match, known, guesses)
                 refined = True
             if reached is None and refined:  # a month or day reached it, its days or hours do not:
                 return await self._oldest_ids(owner, criteria, is_avatar, target)  # counters disagree
             if reached is None:  # by the counters, all of the selection does not reach it: all of it
-                # (what there is now: a DELETE does not take files uploaded while it runs)
-                now = utcnow()
-                return replace(criteria, date_lte=now if criteria.date_lte is None else min(criteria.date_lte, now))
+                return criteria
             low, high, before = reached.start, reached.end, used
+        assert target is not None
         q = query(owner, criteria, is_avatar)
         within = q.setdefault("created_at", {})
         within["$gte"] = max(low, within.get("$gte", low))
@@ -537,12 +623,7 @@ class Files:
 
     async def counts(self, owner: str) -> dict[str, dict[str, int]]:
         """{bucket: {"count", "used"}} for one owner, from the counters (one point read)."""
-        doc = await self.counters.find_one({"_id": owner}, {name: 1 for name in BUCKET_NAMES}) or {}
-        counts = _zero_counts()
-        for name, value in counts.items():
-            stored = doc.get(name) or {}
-            value["count"], value["used"] = int(stored.get("count", 0)), int(stored.get("used", 0))
-        return counts
+        return _account_counts(await self.counters.find_one({"_id": owner}, {name: 1 for name in BUCKET_NAMES}))
 
     async def recount(self, owner: str | None = None) -> int:
         """fsck: recompute every counter document from `files` (of one owner, or of all) and

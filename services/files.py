@@ -372,8 +372,10 @@ class FileManager:
             raise
 
     # -- read ------------------------------------------------------------------------------
-    async def list(self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None = False) -> dict:
-        total, docs = await self._files.page(owner, criteria, page, is_avatar)
+    async def list(
+        self, owner: str, criteria: Criteria, page: Page, is_avatar: bool | None = False, known: dict | None = None
+    ) -> dict:
+        total, docs = await self._files.page(owner, criteria, page, is_avatar, known)
         return render.listing(total, page, [self.render(doc) for doc in docs])
 
     async def stats(self, owner: str, criteria: Criteria) -> dict:
@@ -422,14 +424,20 @@ class FileManager:
     def accel_path(self, found: Download) -> str | None:
         return self.store.accel_path(found.sha256, found.derived)
 
-    async def oldest(self, owner: str, percent: int, contexts: list[str] | None) -> Criteria:
+    async def oldest(self, owner: str, percent: int, contexts: list[str] | None, known: dict | None = None) -> Criteria:
         """files/percent/<n>/: the owner's oldest files (avatars only when `contexts` names them)
-        whose sizes together first reach `percent` % of the space they use, as criteria among
-        the owner's files other than avatars (`is_avatar=False`: the contexts bring them in)."""
-        # the space the owner's files use (their quota's `used` also holds pending slot reservations)
-        used = sum(bucket["used"] for bucket in (await self._files.counts(owner)).values())
-        target = -(-used * percent // 100)  # rounded up: "reach" means at least that much
-        return await self._files.oldest_reaching(owner, Criteria(contexts=contexts), False, target)
+        whose sizes together first reach `percent` % of the space they use (their counters' bytes:
+        their quota's `used` also holds pending slot reservations), as criteria among the owner's
+        files other than avatars (`is_avatar=False`: the contexts bring them in). `known`: what
+        the counters read gather, for a page of the selection (`oldest_page`)."""
+        return await self._files.oldest_reaching(owner, Criteria(contexts=contexts), False, percent=percent, known=known)
+
+    async def oldest_page(self, owner: str, percent: int, contexts: list[str] | None, page: Page) -> dict:
+        """GET files/percent/<n>/: a page of `oldest`, the counter documents read for the
+        selection not read again for its page."""
+        known: dict = {}
+        criteria = await self.oldest(owner, percent, contexts, known)
+        return await self.list(owner, criteria, page, False, known)
 
     # -- delete ----------------------------------------------------------------------------
     async def delete_answer(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:

@@ -337,3 +337,57 @@ async def test_percent_with_counters_that_disagree_does_not_select_everything(pa
     selection = await files.oldest_reaching(OWNER, Criteria(), False, 150)
     chosen = sorted(d["_id"] for d in await files.matching(OWNER, selection, False))
     assert chosen == [1, 2]
+
+
+async def test_a_percent_page_reads_its_counters_once(parts):
+    """files/percent/<n>/: the share is taken from the account counters of the segments' read
+    (no read of its own), and the page of the selection reuses the counter documents read for
+    it: the same selection and page as with a target and a fresh page, in fewer commands."""
+    docs = await _seed(parts)
+    files = parts.files
+    used = sum(d["size"] for d in docs)  # the seed's avatars count in the owner's bytes too
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    for percent in (1, 10, 37, 100):
+        target = -(-used * percent // 100)
+        sent.clear()
+        plain = await files.oldest_reaching(OWNER, Criteria(), False, target)
+        fresh = await files.page(OWNER, plain, Page(1, 20), False)
+        before = len(sent)
+        sent.clear()
+        known: dict = {}
+        shared = await files.oldest_reaching(OWNER, Criteria(), False, percent=percent, known=known)
+        page = await files.page(OWNER, shared, Page(1, 20), False, known)
+        assert shared == plain, percent
+        assert (page[0], [d["_id"] for d in page[1]]) == (fresh[0], [d["_id"] for d in fresh[1]]), percent
+        assert len(sent) < before, (percent, sent)
+    assert await files.oldest_reaching(OWNER, Criteria(), False, percent=100, known={}) != Criteria(ids=[])
+    await parts.db.db["file_counts"].delete_many({"owner": OWNER})
+    await parts.db.db["file_counts"].delete_one({"_id": OWNER})
+    assert await files.oldest_reaching(OWNER, Criteria(), False, percent=50) == Criteria(ids=[])  # nothing counted
+
+
+async def test_a_page_inside_a_month_of_even_uploads_is_three_reads(parts):
+    """A page position inside a month is looked for among the days where it would lie if the
+    month's files were spread evenly: their counters come with the month's, so a middle or
+    last page of evenly spread uploads is three commands (the counters, the month with those
+    days, the files), and every page (a guess that misses too) is still the slice of the full
+    order."""
+    rng = random.Random(8)
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    docs = []
+    for i in range(1, 601):  # one file every four hours, for 100 days
+        at = start + dt.timedelta(hours=4 * i, minutes=rng.randint(0, 59), milliseconds=rng.randint(0, 999))
+        doc = {**_doc(80_000 + i, at, rng), "is_avatar": False, "context": None}
+        await parts.files.insert(doc)
+        docs.append(doc)
+    sent: list[str] = []
+    parts.db.commands.count = sent.append
+    for direction in (-1, 1):
+        full = [d["_id"] for d in sorted(docs, key=lambda d: (d["created_at"], d["_id"]), reverse=direction < 0)]
+        for number in (7, 25, 31, 52, 60):
+            sent.clear()
+            total, got = await parts.files.page(OWNER, Criteria(), Page(number, 10, [("created_at", direction)]), False)
+            assert total == 600 and [d["_id"] for d in got] == full[(number - 1) * 10 : number * 10], (direction, number)
+            if number < 60:  # the last 100 days' month is a third full: not even over the month
+                assert sent == ["find", "find", "find"], (direction, number, sent)

@@ -170,3 +170,43 @@ async def test_dedup_across_users_is_invisible(client, alice, bob, service):
     assert r.status_code == 200 and r.json()["deleted"] == 1
     assert (await client.get(b["file"])).content == data
     assert (await client.get(a["file"])).status_code == 404
+
+
+async def test_answers_are_the_bytes_json_dumps_writes(client, alice):
+    """JSON answers go out by orjson, byte for byte what json.dumps(ensure_ascii=False, compact)
+    writes: non-ASCII as UTF-8, and a file's metadata with floats (NaN and 1e-07 among them,
+    which orjson would write as null and 1e-7) through json.dumps, upload and listing alike."""
+    import json
+
+    from handlers.base import to_json
+
+    metadata = '{"caption": "Grüße 漢字 \\u2028 \\"q\\"", "n": 2, "big": 9223372036854775807}'
+    r = await upload(client, alice, opaque(2000), "süß.bin", metadata=metadata)
+    assert r.status_code == 201, r.text
+    assert r.content == json.dumps(json.loads(r.content), ensure_ascii=False, separators=(",", ":")).encode()
+    assert "Grüße 漢字".encode() in r.content and b'"big":9223372036854775807' in r.content
+    floats = '{"x": NaN, "y": 1e-07, "z": [Infinity, 0.5]}'
+    r = await upload(client, alice, opaque(2100), "f.bin", metadata=floats)
+    assert r.status_code == 201, r.text
+    assert b'"metadata":{"x":NaN,"y":1e-07,"z":[Infinity,0.5]}' in r.content
+    listing = await client.get("/api/v1/files/", headers=alice)
+    assert listing.status_code == 200
+    assert b'"metadata":{"x":NaN,"y":1e-07,"z":[Infinity,0.5]}' in listing.content
+    assert "süß.bin".encode() in listing.content
+    for body in (
+        {"a": [1, None, True, "é\x00\ud7ff"], "b": {"c": -(2**63), "d": 2**64}},
+        [{"metadata": {"v": 1e16}}],
+        {1: "int key"},
+    ):
+        assert to_json(body) == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def test_metadata_with_an_integer_beyond_64_bits_is_refused(client, alice):
+    """The database stores integers of at most 64 bits: a wider one in the metadata is a 400
+    with the contract's body (it was a 500 when the insert failed)."""
+    for wide in ("18446744073709551616", "-9223372036854775809"):
+        r = await upload(client, alice, opaque(2200), "w.bin", metadata='{"n": ' + wide + "}")
+        body = assert_error(r, 400)
+        assert body["fields"] == {"metadata": "expected a JSON object ≤ 8 KiB"}
+    r = await upload(client, alice, opaque(2300), "w.bin", metadata='{"n": -9223372036854775808}')
+    assert r.status_code == 201 and r.json()["metadata"] == {"n": -(2**63)}
