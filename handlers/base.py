@@ -39,8 +39,8 @@ def to_json(body: Any) -> bytes:
     separators=(",", ":"))` gives, by orjson (a page of files in a tenth of the time). What
     orjson would write otherwise goes through json.dumps: what it refuses (integers beyond 64
     bits, lone surrogates, keys that are not strings, the types above) and a file's `metadata`
-    holding any float (json.loads takes NaN and infinities at upload and json.dumps writes them
-    back, where orjson writes null; and orjson writes 1e-7 where json.dumps writes 1e-07): a
+    holding any float (orjson writes 1e-7 where json.dumps writes 1e-07; files stored before
+    NaN and the infinities were refused at upload may hold them, which orjson writes as null): a
     file's metadata is the only client-given JSON an answer holds."""
     if _user_floats(body):
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

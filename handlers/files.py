@@ -166,6 +166,32 @@ class StreamedUpload(BaseHandler):
             self.admission.close()
 
 
+def _no_constant(name: str) -> None:
+    """NaN and the infinities: Python's json takes them, JSON (and the clients' parsers) do not."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _storable(value: object, depth: int = 0) -> bool:
+    """Can the database store this parsed metadata as it is: text that is UTF-8 (no lone
+    surrogates), keys without NUL, at most METADATA_DEPTH levels (MongoDB's limit is 100)?"""
+    if depth > METADATA_DEPTH:
+        return False
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and "\x00" not in k and _storable(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v, depth + 1) for v in value)
+    return True
+
+
+METADATA_DEPTH = 32
+
+
 def _int64(text: str) -> int:
     """A JSON integer the database can store (BSON's widest is 64 bits); else ValueError."""
     value = int(text)
@@ -248,12 +274,13 @@ class UploadHandler(StreamedUpload):
         metadata = None
         if values["metadata"]:
             try:
-                metadata = json.loads(values["metadata"], parse_int=_int64)
+                metadata = json.loads(values["metadata"], parse_int=_int64, parse_constant=_no_constant)
             except (ValueError, RecursionError):
                 metadata = None
-            if not isinstance(metadata, dict) or len(values["metadata"].encode()) > 8192:
+            if not isinstance(metadata, dict) or len(values["metadata"].encode()) > 8192 or not _storable(metadata):
                 raise Invalid(
-                    "metadata: expected a JSON object of at most 8 KiB (integers of at most 64 bits)",
+                    f"metadata: expected a JSON object of at most 8 KiB and {METADATA_DEPTH} levels"
+                    " (integers of at most 64 bits, no NaN or infinities, text in UTF-8, no NUL in a key)",
                     fields={"metadata": "expected a JSON object ≤ 8 KiB"},
                 )
         context = values["context"] or self.params.str("context")
@@ -346,4 +373,4 @@ class PercentHandler(BaseHandler):
 
     async def delete(self, percent: str) -> None:
         n, contexts = self._share(percent)
-        self.reply(await self.ctx.files.delete_answer(self.owner, await self.ctx.files.oldest(self.owner, n, contexts), False))
+        self.reply(await self.ctx.files.delete_oldest(self.owner, n, contexts))

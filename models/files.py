@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import replace
 
+import bson
+import bson.errors
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -168,6 +170,11 @@ def _counter_ids(owner: str) -> dict:
     return {"$or": [{"_id": owner}, {"_id": {"$gte": f"{owner}/", "$lt": f"{owner}0"}}]}
 
 
+# what BSON refuses to encode, before anything is sent: lone surrogates, NUL in a key, integers
+# beyond 64 bits
+UNENCODABLE = (bson.errors.InvalidDocument, UnicodeEncodeError, OverflowError)
+
+
 def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
     """The month and day counters of the newest three days before `b` (and before the next hour:
     nothing is newer): where a first newest-first page nearly always lies (a page of 50 for
@@ -213,6 +220,12 @@ class Files:
                 await self.c.insert_one(docs[0])
             else:
                 await self.c.insert_many(docs, ordered=False)
+        except UNENCODABLE as exc:
+            if len(docs) == 1:
+                return [exc]
+            # a document the driver cannot encode (metadata the handler let through) fails alone:
+            # the group is one message, refused before it was sent, so none was inserted
+            return [result for doc in docs for result in await self._insert_group([doc])]
         except DuplicateKeyError as exc:  # insert_one
             failed[0] = SlotTaken(docs[0]["slot_id"]) if "slot_id" in str(exc) else exc
         except BulkWriteError as exc:
@@ -526,7 +539,9 @@ class Files:
             segments = await self._segments(owner, criteria, is_avatar, *_bounds(criteria), match, known)
             if target is None:
                 assert percent is not None
-                target = _share(_account_counts(known.get(owner)), percent)
+                # the segments' read brings the account document (none when the dates lie in one hour)
+                counts = _account_counts(known[owner]) if owner in known else await self.counts(owner)
+                target = _share(counts, percent)
                 if target <= 0:
                     return Criteria(ids=[])
             refined = False

@@ -11,7 +11,7 @@ import logging
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from imaging import Derived, Imaging
 from models.blobs import Blobs
@@ -438,6 +438,15 @@ class FileManager:
         known: dict = {}
         criteria = await self.oldest(owner, percent, contexts, known)
         return await self.list(owner, criteria, page, False, known)
+
+    async def delete_oldest(self, owner: str, percent: int, contexts: list[str] | None) -> dict:
+        """DELETE files/percent/<n>/: `oldest`, up to this moment (a selection that never reaches
+        n % is all of it: files uploaded while the delete runs are not in it)."""
+        criteria = await self.oldest(owner, percent, contexts)
+        if criteria.ids is None:
+            now = utcnow()
+            criteria = replace(criteria, date_lte=now if criteria.date_lte is None else min(criteria.date_lte, now))
+        return await self.delete_answer(owner, criteria, False)
 
     # -- delete ----------------------------------------------------------------------------
     async def delete_answer(self, owner: str, criteria: Criteria, is_avatar: bool | None) -> dict:

@@ -5,12 +5,14 @@ manager's token check."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 import pytest
 from pymongo.errors import AutoReconnect
 
 from models.criteria import Criteria, Page
+from models.db import utcnow
 from services.context import Context, Parts
 from services.errors import Forbidden, QuotaExceeded, RateLimited, TooLarge, WriteFailed
 from services.files import FileManager, Overflow, UploadMeta
@@ -296,6 +298,35 @@ async def test_percent_of_avatars_selects_and_deletes_them_when_they_never_reach
     assert [item["name"] for item in listed["items"]] == ["face.bin"]
     assert (await files.delete_answer(ALICE, selected, False))["deleted"] == 1
     assert (await files.quota(ALICE)).used == 1000
+
+
+async def test_delete_percent_of_all_leaves_a_file_uploaded_while_it_runs(files, parts, monkeypatch):
+    """A selection that never reaches n % (100 % beside an avatar) is all of it, up to the moment
+    it was taken: a file uploaded while the DELETE runs stays."""
+    await put(files, ALICE, opaque(1000), "old.bin")
+    await put(files, ALICE, opaque(10), "face.bin", is_avatar=True)
+    matching = files._files.matching
+
+    async def upload_meanwhile(*args):
+        await asyncio.sleep(0.01)
+        await put(files, ALICE, opaque(500), "new.bin")
+        return await matching(*args)
+
+    monkeypatch.setattr(files._files, "matching", upload_meanwhile)
+    assert (await files.delete_oldest(ALICE, 100, None))["deleted"] == 1
+    listed = await files.list(ALICE, Criteria(), Page(), False)
+    assert [item["name"] for item in listed["items"]] == ["new.bin"]
+
+
+async def test_percent_of_a_selection_inside_one_hour_reads_the_owners_bytes(files, parts):
+    """Regression: the share was taken from the account counters the segments' read brings,
+    which reads none when the dates lie inside one hour: the target was 0, the selection empty."""
+    for size in (100, 200, 300):
+        await put(files, ALICE, opaque(size))
+    now = utcnow()
+    within = Criteria(date_gte=now - dt.timedelta(minutes=1), date_lte=now + dt.timedelta(seconds=1))
+    selection = await files._files.oldest_reaching(ALICE, within, False, percent=100)
+    assert selection.ids != [] and len(await files._files.matching(ALICE, selection, False)) == 3
 
 
 async def test_percent_counts_the_files_not_pending_reservations(files, parts):

@@ -391,3 +391,19 @@ async def test_a_page_inside_a_month_of_even_uploads_is_three_reads(parts):
             assert total == 600 and [d["_id"] for d in got] == full[(number - 1) * 10 : number * 10], (direction, number)
             if number < 60:  # the last 100 days' month is a third full: not even over the month
                 assert sent == ["find", "find", "find"], (direction, number, sent)
+
+
+async def test_a_file_the_driver_cannot_encode_fails_alone_in_its_group(parts):
+    """Regression: group commit sent concurrent inserts as one insert_many; a document BSON
+    cannot encode (a lone surrogate in its metadata) made the whole group raise, so every upload
+    committed beside it (any user's) failed. It now fails alone, and the others are inserted and
+    counted."""
+    rng = random.Random(5)
+    good = [_doc(70_000 + i, NOW, rng) | {"context": None, "is_avatar": False} for i in range(3)]
+    bad = _doc(70_009, NOW, rng) | {"context": None, "is_avatar": False, "metadata": {"a": "\ud800"}}
+    results = await asyncio.gather(*(parts.files.insert(d) for d in [good[0], good[1], bad, good[2]]), return_exceptions=True)
+    assert [r is None for r in results] == [True, True, False, True], results
+    stored = {d["_id"] async for d in parts.db.files.find({"_id": {"$gte": 70_000, "$lt": 71_000}}, {"_id": 1})}
+    assert stored == {70_000, 70_001, 70_002}
+    day = Criteria(date_gte=NOW - dt.timedelta(hours=1), date_lte=NOW + dt.timedelta(hours=1))
+    assert await parts.files.usage(OWNER, day) == await parts.files.scan_usage(OWNER, day)

@@ -174,8 +174,8 @@ async def test_dedup_across_users_is_invisible(client, alice, bob, service):
 
 async def test_answers_are_the_bytes_json_dumps_writes(client, alice):
     """JSON answers go out by orjson, byte for byte what json.dumps(ensure_ascii=False, compact)
-    writes: non-ASCII as UTF-8, and a file's metadata with floats (NaN and 1e-07 among them,
-    which orjson would write as null and 1e-7) through json.dumps, upload and listing alike."""
+    writes: non-ASCII as UTF-8, and a file's metadata with floats (1e-07 among them, which
+    orjson would write as 1e-7) through json.dumps, upload and listing alike."""
     import json
 
     from handlers.base import to_json
@@ -185,13 +185,13 @@ async def test_answers_are_the_bytes_json_dumps_writes(client, alice):
     assert r.status_code == 201, r.text
     assert r.content == json.dumps(json.loads(r.content), ensure_ascii=False, separators=(",", ":")).encode()
     assert "Grüße 漢字".encode() in r.content and b'"big":9223372036854775807' in r.content
-    floats = '{"x": NaN, "y": 1e-07, "z": [Infinity, 0.5]}'
+    floats = '{"x": -0.0, "y": 1e-07, "z": [1e+16, 0.5]}'
     r = await upload(client, alice, opaque(2100), "f.bin", metadata=floats)
     assert r.status_code == 201, r.text
-    assert b'"metadata":{"x":NaN,"y":1e-07,"z":[Infinity,0.5]}' in r.content
+    assert b'"metadata":{"x":-0.0,"y":1e-07,"z":[1e+16,0.5]}' in r.content
     listing = await client.get("/api/v1/files/", headers=alice)
     assert listing.status_code == 200
-    assert b'"metadata":{"x":NaN,"y":1e-07,"z":[Infinity,0.5]}' in listing.content
+    assert b'"metadata":{"x":-0.0,"y":1e-07,"z":[1e+16,0.5]}' in listing.content
     assert "süß.bin".encode() in listing.content
     for body in (
         {"a": [1, None, True, "é\x00\ud7ff"], "b": {"c": -(2**63), "d": 2**64}},
@@ -210,3 +210,15 @@ async def test_metadata_with_an_integer_beyond_64_bits_is_refused(client, alice)
         assert body["fields"] == {"metadata": "expected a JSON object ≤ 8 KiB"}
     r = await upload(client, alice, opaque(2300), "w.bin", metadata='{"n": -9223372036854775808}')
     assert r.status_code == 201 and r.json()["metadata"] == {"n": -(2**63)}
+
+
+async def test_metadata_the_database_or_the_clients_cannot_take_is_refused(client, alice):
+    """Regression: a lone surrogate or a NUL in a key (which BSON cannot encode) was a 500, and
+    failed every upload committed in the same group; NaN and the infinities were stored and
+    written back, which no JSON parser of the clients reads; nesting past MongoDB's limit."""
+    deep = '{"a": ' * 40 + "1" + "}" * 40
+    for bad in ('{"a": "\\ud800"}', '{"a\\u0000b": 1}', '{"x": NaN}', '{"y": [Infinity]}', '{"z": -Infinity}', deep):
+        body = assert_error(await upload(client, alice, opaque(2400), "m.bin", metadata=bad), 400)
+        assert body["fields"] == {"metadata": "expected a JSON object ≤ 8 KiB"}, bad
+    r = await upload(client, alice, opaque(2500), "m.bin", metadata='{"a": "\\ud83d\\ude00", "k\\u0001": [1.5]}')
+    assert r.status_code == 201 and r.json()["metadata"] == {"a": "\U0001f600", "k\x01": [1.5]}
