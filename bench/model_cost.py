@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
-import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procstat import cpu_seconds
 from bench.seed import document
 from models.criteria import Criteria, Page
 from models.db import Database
@@ -53,13 +54,6 @@ MODEL = {
 }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def percent_page(files: Files) -> object:
     """files/percent/10/, page 1, as FileManager.oldest_page makes it (or as the earlier
     versions did: the counts read, then the target, then a fresh page)."""
@@ -73,7 +67,8 @@ async def percent_page(files: Files) -> object:
 
 
 async def main(count: int, reps: int) -> None:
-    embedded = EmbeddedMongo(Path(tempfile.mkdtemp(prefix="gallery-model-cost-")) / "db")
+    scratch = Path(tempfile.mkdtemp(prefix="gallery-model-cost-"))
+    embedded = EmbeddedMongo(scratch / "db")
     embedded.start()
     assert embedded.process is not None
     db = Database(embedded.uri, "cost")
@@ -114,6 +109,7 @@ async def main(count: int, reps: int) -> None:
     finally:
         await db.close()
         embedded.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
