@@ -407,3 +407,45 @@ async def test_a_file_the_driver_cannot_encode_fails_alone_in_its_group(parts):
     assert stored == {70_000, 70_001, 70_002}
     day = Criteria(date_gte=NOW - dt.timedelta(hours=1), date_lte=NOW + dt.timedelta(hours=1))
     assert await parts.files.usage(OWNER, day) == await parts.files.scan_usage(OWNER, day)
+
+
+async def test_review3_a_failure_in_the_one_by_one_fallback_does_not_fail_files_already_inserted(parts, monkeypatch):
+    """Review: in the fallback each document goes alone, in turn; an exception of a later one
+    (here the connection lost on its insert_one) leaves `_insert_group` and Groups hands it to
+    every request of the group, also to the file inserted and counted just before it. Its
+    upload then drops its content reference and releases its bytes (services/files.py _insert)
+    although the file document stays, listed and counted."""
+    from pymongo.errors import AutoReconnect
+
+    rng = random.Random(6)
+    good = [_doc(71_000 + i, NOW, rng) | {"context": None, "is_avatar": False} for i in range(2)]
+    bad = _doc(71_009, NOW, rng) | {"context": None, "is_avatar": False, "metadata": {"a": "\ud800"}}
+    insert_one = parts.files.c.insert_one
+
+    async def lost_on_the_last(doc, *args, **kwargs):
+        if doc["_id"] == 71_001:
+            raise AutoReconnect("connection lost")
+        return await insert_one(doc, *args, **kwargs)
+
+    monkeypatch.setattr(parts.files.c, "insert_one", lost_on_the_last)
+    results = await asyncio.gather(*(parts.files.insert(d) for d in [good[0], bad, good[1]]), return_exceptions=True)
+    stored = {d["_id"] async for d in parts.db.files.find({"_id": {"$gte": 71_000, "$lt": 72_000}}, {"_id": 1})}
+    assert stored == {71_000}
+    assert results[0] is None, results  # inserted and counted: its upload must not fail
+
+
+async def test_review3_a_group_of_more_than_one_batch_was_partly_sent_before_the_encoding_failed(parts):
+    """Review: insert_many encodes and sends batch by batch (48 MB or 100 000 documents each):
+    an unencodable document in a later batch raises after the earlier batches were inserted.
+    The fallback then inserts those again: DuplicateKeyError on _id, each reported as failed
+    (its upload drops its content reference and releases its bytes) while its document stays,
+    and none of them is counted."""
+    rng = random.Random(7)
+    big = [_doc(72_000 + i, NOW, rng) | {"context": None, "is_avatar": False, "pad": "x" * 9_900_000} for i in range(5)]
+    bad = _doc(72_009, NOW, rng) | {"context": None, "is_avatar": False, "metadata": {"a": "\ud800"}}
+    results = await asyncio.gather(*(parts.files.insert(d) for d in [*big, bad]), return_exceptions=True)
+    stored = {d["_id"] async for d in parts.db.files.find({"_id": {"$gte": 72_000, "$lt": 73_000}}, {"_id": 1})}
+    inserted = [r is None for r in results[:5]]
+    assert inserted == [d["_id"] in stored for d in big], (stored, results)
+    day = Criteria(date_gte=NOW - dt.timedelta(hours=1), date_lte=NOW + dt.timedelta(hours=1))
+    assert await parts.files.usage(OWNER, day) == await parts.files.scan_usage(OWNER, day)

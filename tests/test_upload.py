@@ -222,3 +222,43 @@ async def test_metadata_the_database_or_the_clients_cannot_take_is_refused(clien
         assert body["fields"] == {"metadata": "expected a JSON object ≤ 8 KiB"}, bad
     r = await upload(client, alice, opaque(2500), "m.bin", metadata='{"a": "\\ud83d\\ude00", "k\\u0001": [1.5]}')
     assert r.status_code == 201 and r.json()["metadata"] == {"a": "\U0001f600", "k\x01": [1.5]}
+
+
+async def test_review3_metadata_with_dollar_ref_and_id_lists_as_given(client, alice):
+    """Review: `{"$ref": <text>, "$id": …}` (at any level) is stored as given, but PyMongo
+    decodes such a sub-document as a bson DBRef: the file's metadata in the listing (and in the
+    slot-dedup copy) is then a DBRef, which neither orjson nor json.dumps can write: a 500 on
+    every listing page that holds the file."""
+    meta = '{"link": {"$ref": "chats", "$id": 7}, "duration": "3"}'
+    r = await upload(client, alice, opaque(2600), "r.bin", metadata=meta)
+    assert r.status_code in (201, 400), r.text
+    if r.status_code == 201:
+        listing = await client.get("/api/v1/files/", headers=alice)
+        assert listing.status_code == 200, listing.text
+        assert listing.json()["items"][0]["metadata"] == {"link": {"$ref": "chats", "$id": 7}, "duration": "3"}
+
+
+async def test_review3_legal_metadata_keys_are_kept(client, alice):
+    """Keys with dots, "$", empty keys, emoji and astral characters are legal JSON the database
+    stores: 201, and listed back as given."""
+    meta = {"a.b": 1, "$x": {"$set": 2}, "": "empty", "😀": "𝄞 ok", "video_preview_key": "k", "meters": "1,2"}
+    import json
+
+    r = await upload(client, alice, opaque(2700), "k.bin", metadata=json.dumps(meta))
+    assert r.status_code == 201, r.text
+    assert r.json()["metadata"] == meta
+    listing = await client.get("/api/v1/files/", headers=alice)
+    assert listing.status_code == 200 and listing.json()["items"][0]["metadata"] == meta
+
+
+async def test_review3_a_float_beyond_double_range_is_refused_like_infinity(client, alice):
+    """Review: `1e400` is valid JSON that Python's json reads as inf (parse_constant only sees
+    the words NaN/Infinity): it is stored and written back as `Infinity`, which no client's JSON
+    parser reads: the whole listing page becomes unparsable."""
+    for bad in ('{"duration": 1e400}', '{"d": [-1e999]}'):
+        body = assert_error(await upload(client, alice, opaque(2800), "f.bin", metadata=bad), 400)
+        assert body["fields"] == {"metadata": "expected a JSON object ≤ 8 KiB"}, bad
+    import json
+
+    listing = await client.get("/api/v1/files/", headers=alice)
+    json.loads(listing.content, parse_constant=lambda name: pytest.fail(f"{name} in a JSON answer"))
