@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -192,6 +193,14 @@ def _storable(value: object, depth: int = 0) -> bool:
 METADATA_DEPTH = 32
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, finite (1e400 would be read as inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number beyond a double's range")
+    return value
+
+
 def _int64(text: str) -> int:
     """A JSON integer the database can store (BSON's widest is 64 bits); else ValueError."""
     value = int(text)
@@ -274,7 +283,7 @@ class UploadHandler(StreamedUpload):
         metadata = None
         if values["metadata"]:
             try:
-                metadata = json.loads(values["metadata"], parse_int=_int64, parse_constant=_no_constant)
+                metadata = json.loads(values["metadata"], parse_int=_int64, parse_float=_finite, parse_constant=_no_constant)
             except (ValueError, RecursionError):
                 metadata = None
             if not isinstance(metadata, dict) or len(values["metadata"].encode()) > 8192 or not _storable(metadata):

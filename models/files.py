@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import bson
 import bson.errors
-from bson import ObjectId
+from bson import DBRef, ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -175,6 +175,18 @@ def _counter_ids(owner: str) -> dict:
 UNENCODABLE = (bson.errors.InvalidDocument, UnicodeEncodeError, OverflowError)
 
 
+def plain(value: object) -> object:
+    """Stored client JSON as it was given: PyMongo decodes a sub-document holding "$ref" (text)
+    and "$id" as a bson DBRef, which is no JSON."""
+    if isinstance(value, DBRef):
+        value = value.as_doc()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def _newest_counters(owner: str, b: dt.datetime) -> list[str]:
     """The month and day counters of the newest three days before `b` (and before the next hour:
     nothing is newer): where a first newest-first page nearly always lies (a page of 50 for
@@ -225,7 +237,20 @@ class Files:
                 return [exc]
             # a document the driver cannot encode (metadata the handler let through) fails alone:
             # the group is one message, refused before it was sent, so none was inserted
-            return [result for doc in docs for result in await self._insert_group([doc])]
+            # (insert_many sends batch by batch: the batches before the one that failed to encode
+            # were inserted; they are counted now, and not inserted again)
+            sent = {d["_id"] async for d in self.c.find({"_id": {"$in": [doc["_id"] for doc in docs]}}, {"_id": 1})}
+            await self._count_all([doc for doc in docs if doc["_id"] in sent], 1)
+            results: list[BaseException | None] = []
+            for doc in docs:
+                if doc["_id"] in sent:
+                    results.append(None)
+                    continue
+                try:
+                    results += await self._insert_group([doc])
+                except Exception as failure:  # this one's alone: the others' results stand
+                    results.append(failure)
+            return results
         except DuplicateKeyError as exc:  # insert_one
             failed[0] = SlotTaken(docs[0]["slot_id"]) if "slot_id" in str(exc) else exc
         except BulkWriteError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from models.criteria import Page
+from models.files import plain
 from models.users import Quota
 
 
@@ -75,7 +76,7 @@ def file_object(doc: dict, public_url: str) -> dict:
         "sha256": doc["sha256"],
         "thumbnail": None,
         "context": doc.get("context"),
-        "metadata": doc.get("metadata"),
+        "metadata": plain(doc.get("metadata")),
     }
     if thumbnail:
         obj["thumbnail"] = {
