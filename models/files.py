@@ -235,10 +235,9 @@ class Files:
         except UNENCODABLE as exc:
             if len(docs) == 1:
                 return [exc]
-            # a document the driver cannot encode (metadata the handler let through) fails alone:
-            # the group is one message, refused before it was sent, so none was inserted
-            # (insert_many sends batch by batch: the batches before the one that failed to encode
-            # were inserted; they are counted now, and not inserted again)
+            # a document the driver cannot encode (metadata the handler let through) fails alone.
+            # insert_many encodes and sends batch by batch (48 MB / 100 000 documents): the
+            # batches before the one that failed to encode were inserted; counted now, not again
             sent = {d["_id"] async for d in self.c.find({"_id": {"$in": [doc["_id"] for doc in docs]}}, {"_id": 1})}
             await self._count_all([doc for doc in docs if doc["_id"] in sent], 1)
             results: list[BaseException | None] = []
