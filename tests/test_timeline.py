@@ -409,7 +409,7 @@ async def test_a_file_the_driver_cannot_encode_fails_alone_in_its_group(parts):
     assert await parts.files.usage(OWNER, day) == await parts.files.scan_usage(OWNER, day)
 
 
-async def test_review3_a_failure_in_the_one_by_one_fallback_does_not_fail_files_already_inserted(parts, monkeypatch):
+async def test_a_failure_in_the_one_by_one_fallback_does_not_fail_files_already_inserted(parts, monkeypatch):
     """Review: in the fallback each document goes alone, in turn; an exception of a later one
     (here the connection lost on its insert_one) leaves `_insert_group` and Groups hands it to
     every request of the group, also to the file inserted and counted just before it. Its
@@ -434,7 +434,7 @@ async def test_review3_a_failure_in_the_one_by_one_fallback_does_not_fail_files_
     assert results[0] is None, results  # inserted and counted: its upload must not fail
 
 
-async def test_review3_a_group_of_more_than_one_batch_was_partly_sent_before_the_encoding_failed(parts):
+async def test_a_group_of_more_than_one_batch_was_partly_sent_before_the_encoding_failed(parts):
     """Review: insert_many encodes and sends batch by batch (48 MB or 100 000 documents each):
     an unencodable document in a later batch raises after the earlier batches were inserted.
     The fallback then inserts those again: DuplicateKeyError on _id, each reported as failed

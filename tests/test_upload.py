@@ -224,7 +224,7 @@ async def test_metadata_the_database_or_the_clients_cannot_take_is_refused(clien
     assert r.status_code == 201 and r.json()["metadata"] == {"a": "\U0001f600", "k\x01": [1.5]}
 
 
-async def test_review3_metadata_with_dollar_ref_and_id_lists_as_given(client, alice):
+async def test_metadata_with_dollar_ref_and_id_lists_as_given(client, alice):
     """Review: `{"$ref": <text>, "$id": …}` (at any level) is stored as given, but PyMongo
     decodes such a sub-document as a bson DBRef: the file's metadata in the listing (and in the
     slot-dedup copy) is then a DBRef, which neither orjson nor json.dumps can write: a 500 on
@@ -238,7 +238,7 @@ async def test_review3_metadata_with_dollar_ref_and_id_lists_as_given(client, al
         assert listing.json()["items"][0]["metadata"] == {"link": {"$ref": "chats", "$id": 7}, "duration": "3"}
 
 
-async def test_review3_legal_metadata_keys_are_kept(client, alice):
+async def test_legal_metadata_keys_are_kept(client, alice):
     """Keys with dots, "$", empty keys, emoji and astral characters are legal JSON the database
     stores: 201, and listed back as given."""
     meta = {"a.b": 1, "$x": {"$set": 2}, "": "empty", "😀": "𝄞 ok", "video_preview_key": "k", "meters": "1,2"}
@@ -251,7 +251,7 @@ async def test_review3_legal_metadata_keys_are_kept(client, alice):
     assert listing.status_code == 200 and listing.json()["items"][0]["metadata"] == meta
 
 
-async def test_review3_a_float_beyond_double_range_is_refused_like_infinity(client, alice):
+async def test_a_float_beyond_double_range_is_refused_like_infinity(client, alice):
     """Review: `1e400` is valid JSON that Python's json reads as inf (parse_constant only sees
     the words NaN/Infinity): it is stored and written back as `Infinity`, which no client's JSON
     parser reads: the whole listing page becomes unparsable."""
