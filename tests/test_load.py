@@ -16,14 +16,14 @@ USERS = 5
 CONCURRENCY = 200
 OPERATIONS = 1200
 # Peak RSS allowed for the server process. Idle it holds ~60 MiB (interpreter, Tornado, PyMongo,
-# libmagic); under this load each of up to 200 connections may hold a 256 KiB read chunk and an
-# upload its 1 MiB write batch (two in flight), and downloads a 1 MiB chunk: about 200 MiB more in
-# the worst case. Measured: 152 MiB. What would break the bound is a body or file held whole in
-# memory (the 5 MB uploads alone, 200 at once, would be ~1 GiB). With GridFS each chunk in flight
-# is held twice, as the driver's wire message and as the decoded (or, for an insert, encoded)
-# document, a 1 MiB chunk per download step and per upload batch: 64 MiB more allowed (measured
-# 268 MiB once on a busy machine).
-RSS_LIMIT_MIB = 256 if STORAGE_BACKEND == "local" else 320
+# libmagic); under this load each of up to 200 connections may hold a 256 KiB read chunk (its
+# buffer up to 1 MiB), an upload its two 1 MiB write batches, and a download a 4 MiB step.
+# Measured 2026-12-02, alone: 160-227 MiB over nine runs (the tree before that day's work:
+# 167-214), and 291 MiB once inside the full suite on the 2 shared cores (more requests in flight
+# at once). What the bound is for is a body or file held whole in memory: the 5 MB uploads alone,
+# 200 at once, would be ~1 GiB. With GridFS each chunk in flight is held twice, as the driver's
+# wire message and as the decoded (or, for an insert, encoded) document: 64 MiB more allowed.
+RSS_LIMIT_MIB = 320 if STORAGE_BACKEND == "local" else 384
 
 
 def peak_rss_mib(pid: int) -> float:
