@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -15,7 +13,7 @@ from handlers.multipart import FieldTarget, MultipartUpload
 from services.errors import InsufficientStorage, Invalid, QuotaExceeded, ServiceError, TooLarge, Unsupported, WriteFailed
 from services.files import Admission, Incoming, Overflow, UploadMeta
 from services.metrics import Metrics
-from services.params import Criteria, parse_bool, parse_int
+from services.params import Criteria, parse_bool, parse_int, parse_metadata
 
 # Room for the multipart framing and the small fields around the file part.
 MULTIPART_SLACK = 64 * 1024
@@ -167,48 +165,6 @@ class StreamedUpload(BaseHandler):
             self.admission.close()
 
 
-def _no_constant(name: str) -> None:
-    """NaN and the infinities: Python's json takes them, JSON (and the clients' parsers) do not."""
-    raise ValueError(f"{name} is not JSON")
-
-
-def _storable(value: object, depth: int = 0) -> bool:
-    """Can the database store this parsed metadata as it is: text that is UTF-8 (no lone
-    surrogates), keys without NUL, at most METADATA_DEPTH levels (MongoDB's limit is 100)?"""
-    if depth > METADATA_DEPTH:
-        return False
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_storable(k) and "\x00" not in k and _storable(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_storable(v, depth + 1) for v in value)
-    return True
-
-
-METADATA_DEPTH = 32
-
-
-def _finite(text: str) -> float:
-    """A JSON number with a fraction or exponent, finite (1e400 would be read as inf)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("a number beyond a double's range")
-    return value
-
-
-def _int64(text: str) -> int:
-    """A JSON integer the database can store (BSON's widest is 64 bits); else ValueError."""
-    value = int(text)
-    if not -(2**63) <= value < 2**63:
-        raise ValueError("an integer beyond 64 bits")
-    return value
-
-
 class SizeTarget(FieldTarget):
     """The declared `size`: checked against the admission as soon as it has arrived, before the
     file."""
@@ -280,18 +236,7 @@ class UploadHandler(StreamedUpload):
         assert self.incoming is not None
         if size is not None and int(size) != self.incoming.size:
             raise Invalid("size does not match the bytes received", fields={"size": "does not match the file"})
-        metadata = None
-        if values["metadata"]:
-            try:
-                metadata = json.loads(values["metadata"], parse_int=_int64, parse_float=_finite, parse_constant=_no_constant)
-            except (ValueError, RecursionError):
-                metadata = None
-            if not isinstance(metadata, dict) or len(values["metadata"].encode()) > 8192 or not _storable(metadata):
-                raise Invalid(
-                    f"metadata: expected a JSON object of at most 8 KiB and {METADATA_DEPTH} levels"
-                    " (integers of at most 64 bits, no NaN or infinities, text in UTF-8, no NUL in a key)",
-                    fields={"metadata": "expected a JSON object ≤ 8 KiB"},
-                )
+        metadata = parse_metadata(values["metadata"])
         context = values["context"] or self.params.str("context")
         if context is not None and (len(context) > 64 or "\x00" in context):
             raise Invalid("context: at most 64 characters", fields={"context": "at most 64 characters"})

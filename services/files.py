@@ -443,9 +443,8 @@ class FileManager:
         """DELETE files/percent/<n>/: `oldest`, up to this moment (a selection that never reaches
         n % is all of it: files uploaded while the delete runs are not in it)."""
         criteria = await self.oldest(owner, percent, contexts)
-        if criteria.ids is None:
-            now = utcnow()
-            criteria = replace(criteria, date_lte=now if criteria.date_lte is None else min(criteria.date_lte, now))
+        if criteria.ids is None and criteria.date_lte is None:  # the whole selection
+            criteria = replace(criteria, date_lte=utcnow())
         return await self.delete_answer(owner, criteria, False)
 
     # -- delete ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import datetime as dt
 import email.parser
 import email.policy
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import parse_qs
@@ -216,3 +217,66 @@ def parse_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
         bounds = f"between {minimum} and {maximum}" if minimum is not None else f"at most {maximum}"
         raise _invalid(name, f"must be {bounds}")
     return number
+
+
+def _no_constant(name: str) -> None:
+    """NaN and the infinities: Python's json takes them, JSON (and the clients' parsers) do not."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _storable(value: object, depth: int = 0) -> bool:
+    """Can the database store this parsed metadata as it is: text that is UTF-8 (no lone
+    surrogates), keys without NUL, at most METADATA_DEPTH levels (MongoDB's limit is 100)?"""
+    if depth > METADATA_DEPTH:
+        return False
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(k) and "\x00" not in k and _storable(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v, depth + 1) for v in value)
+    return True
+
+
+METADATA_DEPTH = 32
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, finite (1e400 would be read as inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number beyond a double's range")
+    return value
+
+
+def _int64(text: str) -> int:
+    """A JSON integer the database can store (BSON's widest is 64 bits); else ValueError."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("an integer beyond 64 bits")
+    return value
+
+
+METADATA_BYTES = 8192
+
+
+def parse_metadata(text: str | None) -> dict | None:
+    """An upload's `metadata` field: a JSON object of at most 8 KiB that the database can store
+    and every client can parse back; else a 400."""
+    if not text:
+        return None
+    try:
+        metadata = json.loads(text, parse_int=_int64, parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        metadata = None
+    if not isinstance(metadata, dict) or len(text.encode()) > METADATA_BYTES or not _storable(metadata):
+        raise Invalid(
+            f"metadata: expected a JSON object of at most 8 KiB and {METADATA_DEPTH} levels"
+            " (integers of at most 64 bits, no NaN or infinities, text in UTF-8, no NUL in a key)",
+            fields={"metadata": "expected a JSON object ≤ 8 KiB"},
+        )
+    return metadata
